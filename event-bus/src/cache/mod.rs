@@ -1,0 +1,286 @@
+//! The state cache: load the bucket, follow its watch, keep an indexed [`Snapshot`] behind an
+//! `Arc` swap, and let readers wait for "a version newer than N".
+//!
+//! One task owns the working snapshot. It reads every change the watch has ready, applies the
+//! whole burst, then publishes once, so a burst of changes becomes one new snapshot. When NATS
+//! goes away readers keep the last snapshot; the watch resumes from the next revision, so no
+//! change is missed or applied twice.
+
+mod snapshot;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_nats::jetstream::kv;
+use futures::{FutureExt, StreamExt};
+use prometheus_client::metrics::{counter::Counter, family::Family as MetricFamily, gauge::Gauge};
+use tokio::sync::watch;
+
+pub use snapshot::Snapshot;
+
+use crate::bus::{Bus, Link};
+use crate::error::{Error, Result};
+use crate::keys::{decode, Key};
+use crate::runtime::metrics::Metrics;
+use crate::store::StateStore;
+
+/// The most changes folded into one snapshot; bounds the latency a huge burst adds.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Clone)]
+struct CacheMetrics {
+    applied: Counter,
+    invalid: MetricFamily<Vec<(String, String)>, Counter>,
+    snapshots: Counter,
+    resyncs: Counter,
+    version: Gauge,
+}
+
+impl CacheMetrics {
+    fn new(m: &Metrics) -> Self {
+        let c = CacheMetrics {
+            applied: Counter::default(),
+            invalid: MetricFamily::default(),
+            snapshots: Counter::default(),
+            resyncs: Counter::default(),
+            version: Gauge::default(),
+        };
+        m.register("corral_state_cache_changes", "Changes applied to the state cache", c.applied.clone());
+        m.register(
+            "corral_state_cache_invalid_values",
+            "Values skipped because they did not parse, by key family",
+            c.invalid.clone(),
+        );
+        m.register(
+            "corral_state_cache_snapshots",
+            "Snapshots published (one per burst of changes)",
+            c.snapshots.clone(),
+        );
+        m.register(
+            "corral_state_cache_resyncs",
+            "Times the watch was re-established after an error or reconnect",
+            c.resyncs.clone(),
+        );
+        m.register("corral_state_cache_version", "Bucket revision the cache has applied", c.version.clone());
+        c
+    }
+}
+
+struct Shared {
+    current: ArcSwap<Snapshot>,
+    version_tx: watch::Sender<u64>,
+    watching: AtomicBool,
+    bus: Bus,
+    metrics: CacheMetrics,
+}
+
+struct Task(tokio::task::JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A live, indexed, in-memory view of one environment's state. Cheap to clone; the follower
+/// task stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct StateCache {
+    shared: Arc<Shared>,
+    _task: Arc<Task>,
+}
+
+impl StateCache {
+    /// Loads the whole bucket (returns once the snapshot is complete) and starts following it.
+    pub async fn start(bus: &Bus, metrics: &Metrics) -> Result<StateCache> {
+        let store = StateStore::open(bus).await?;
+        let metrics = CacheMetrics::new(metrics);
+        let (version_tx, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            version_tx,
+            watching: AtomicBool::new(false),
+            bus: bus.clone(),
+            metrics,
+        });
+        let (snapshot, watcher) = cold_load(&store, &shared.metrics).await?;
+        shared.publish(snapshot.clone());
+        shared.watching.store(true, Ordering::SeqCst);
+        let task = tokio::spawn(follow(shared.clone(), store, snapshot, watcher));
+        Ok(StateCache { shared, _task: Arc::new(Task(task)) })
+    }
+
+    /// The newest snapshot. Never blocks; readers keep it as long as they like.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.current.load_full()
+    }
+
+    /// The version of the newest snapshot (the bucket revision it reflects).
+    pub fn version(&self) -> u64 {
+        *self.shared.version_tx.borrow()
+    }
+
+    /// Waits until the cache holds a version newer than `version`, up to `timeout`.
+    /// Returns the snapshot, or `None` when the time ran out.
+    pub async fn wait_newer(&self, version: u64, timeout: Duration) -> Option<Arc<Snapshot>> {
+        let mut rx = self.shared.version_tx.subscribe();
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|v| *v > version)).await;
+        match reached {
+            Ok(Ok(_)) => Some(self.snapshot()),
+            _ => None,
+        }
+    }
+
+    /// A receiver of the version, changed once per published snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.version_tx.subscribe()
+    }
+
+    /// Ready means: loaded, connected, and following the bucket. While not ready the cache
+    /// still answers reads from its last snapshot.
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        if self.shared.bus.link() != Link::Connected {
+            return Err("state cache: NATS disconnected, serving the last snapshot".into());
+        }
+        if !self.shared.watching.load(Ordering::SeqCst) {
+            return Err("state cache: re-establishing the bucket watch".into());
+        }
+        Ok(())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.readiness().is_ok()
+    }
+}
+
+impl Shared {
+    fn publish(&self, snapshot: Snapshot) {
+        let v = snapshot.version();
+        self.current.store(Arc::new(snapshot));
+        self.metrics.version.set(v as i64);
+        self.metrics.snapshots.inc();
+        self.version_tx.send_replace(v);
+    }
+}
+
+/// Reads the latest value of every key, then keeps the same watch for what follows.
+async fn cold_load(store: &StateStore, metrics: &CacheMetrics) -> Result<(Snapshot, kv::Watch)> {
+    let info = store.kv().stream.get_info().await.map_err(|e| Error::nats("bucket info", e))?;
+    let mut watcher = store.kv().watch_with_history(">").await.map_err(|e| Error::nats("watch", e))?;
+    let mut snap = Snapshot::default();
+    snap.set_version(info.state.last_sequence);
+    if info.state.messages == 0 {
+        return Ok((snap, watcher));
+    }
+    while let Some(entry) = watcher.next().await {
+        let entry = entry.map_err(|e| Error::nats("watch", e))?;
+        let caught_up = entry.delta == 0;
+        apply_entry(&mut snap, &entry, metrics);
+        if caught_up {
+            return Ok((snap, watcher));
+        }
+    }
+    Err(Error::nats("watch", "the bucket watch ended during the initial load"))
+}
+
+async fn follow(shared: Arc<Shared>, store: StateStore, mut snap: Snapshot, watcher: kv::Watch) {
+    let mut watcher = Some(watcher);
+    let mut link = shared.bus.link_watch();
+    let mut attempt = 0u32;
+    loop {
+        let mut w = match watcher.take() {
+            Some(w) => w,
+            None => match resume(&store, &shared, &mut snap).await {
+                Ok(w) => w,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "state cache: cannot resume the bucket watch; retrying");
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                    continue;
+                }
+            },
+        };
+        attempt = 0;
+        shared.watching.store(true, Ordering::SeqCst);
+        loop {
+            tokio::select! {
+                next = w.next() => match next {
+                    Some(Ok(entry)) => {
+                        apply_entry(&mut snap, &entry, &shared.metrics);
+                        // Fold in everything else that is already here: one snapshot per burst.
+                        let mut n = 1;
+                        while n < MAX_BATCH {
+                            match w.next().now_or_never() {
+                                Some(Some(Ok(entry))) => { apply_entry(&mut snap, &entry, &shared.metrics); n += 1; }
+                                _ => break,
+                            }
+                        }
+                        shared.publish(snap.clone());
+                    }
+                    Some(Err(e)) => { tracing::warn!(error = %e, "state cache: watch error; resuming"); break; }
+                    None => { tracing::warn!("state cache: watch ended; resuming"); break; }
+                },
+                changed = link.changed() => {
+                    if changed.is_err() { return; }
+                    let now = *link.borrow_and_update();
+                    // The watch's ordered consumer recovers by itself after a reconnect, but only
+                    // if the server kept its store. A server with an older store needs a full reload.
+                    if now == Link::Connected && store_went_back(&store, &snap).await {
+                        tracing::warn!("state cache: the bucket is older than the cache (store replaced?); reloading");
+                        break;
+                    }
+                }
+            }
+        }
+        shared.watching.store(false, Ordering::SeqCst);
+        shared.metrics.resyncs.inc();
+        tokio::time::sleep(retry_delay(1)).await;
+    }
+}
+
+async fn store_went_back(store: &StateStore, snap: &Snapshot) -> bool {
+    matches!(store.version().await, Ok(v) if v < snap.version())
+}
+
+/// Continues from the next revision, or reloads from scratch if the bucket went back in time.
+async fn resume(store: &StateStore, shared: &Shared, snap: &mut Snapshot) -> Result<kv::Watch> {
+    if store.version().await? < snap.version() {
+        let (fresh, w) = cold_load(store, &shared.metrics).await?;
+        *snap = fresh;
+        shared.publish(snap.clone());
+        return Ok(w);
+    }
+    store.kv().watch_all_from_revision(snap.version() + 1).await.map_err(|e| Error::nats("watch", e))
+}
+
+fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(5)).min(3_000))
+}
+
+fn apply_entry(snap: &mut Snapshot, entry: &kv::Entry, metrics: &CacheMetrics) {
+    snap.set_version(entry.revision);
+    let key = match entry.key.parse::<Key>() {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(key = %entry.key, error = %e, "state cache: skipping a key outside the key families");
+            metrics.invalid.get_or_create(&vec![("family".into(), "unknown".into())]).inc();
+            return;
+        }
+    };
+    let change = match entry.operation {
+        kv::Operation::Put => match decode(&key, &entry.value) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                tracing::warn!(%key, revision = entry.revision, error = %e, "state cache: skipping a value that does not parse; keeping the previous one");
+                metrics.invalid.get_or_create(&vec![("family".into(), key.family.to_string())]).inc();
+                snap.mark_invalid(&key, e.to_string());
+                return;
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => None,
+    };
+    snap.apply(&key, change);
+    metrics.applied.inc();
+}

@@ -1,0 +1,342 @@
+//! An immutable, indexed view of one environment at one version.
+//!
+//! Built on persistent maps: cloning a snapshot is O(1) and applying a change costs O(log n),
+//! so the follower can publish a new snapshot per batch without copying the world.
+
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
+
+use crate::keys::{Key, Record};
+use crate::model::*;
+
+type Table<T> = OrdMap<String, Arc<T>>;
+type Multi = OrdMap<String, OrdSet<String>>;
+
+/// The state of an environment at [`Snapshot::version`]. Names are indexed lowercased
+/// (Rancher's 2016-07-29 API lowercases them); lookups lowercase their argument.
+#[derive(Clone, Default)]
+pub struct Snapshot {
+    version: u64,
+    environment: Option<Arc<Environment>>,
+    hosts: Table<Host>,
+    stacks: Table<Stack>,
+    services: Table<Service>,
+    containers: Table<Container>,
+    statuses: Table<ContainerStatus>,
+    healths: Table<ContainerHealth>,
+    volumes: Table<Volume>,
+    certificates: Table<Certificate>,
+    fqdns: Table<Fqdn>,
+    leases: Table<Lease>,
+    /// Keys whose newest value did not parse, with the reason (the previous value, if any, is kept).
+    invalid: OrdMap<String, String>,
+
+    host_by_name: OrdMap<String, String>,
+    stack_by_name: OrdMap<String, String>,
+    /// `(stack uuid, lowercased service name)` → service uuid.
+    service_by_name: OrdMap<(String, String), String>,
+    services_by_stack: Multi,
+    container_by_name: OrdMap<String, String>,
+    container_by_ip: OrdMap<String, String>,
+    containers_by_service: Multi,
+    containers_by_host: Multi,
+    containers_by_stack: Multi,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .field("hosts", &self.hosts.len())
+            .field("stacks", &self.stacks.len())
+            .field("services", &self.services.len())
+            .field("containers", &self.containers.len())
+            .field("invalid", &self.invalid.len())
+            .finish()
+    }
+}
+
+fn lc(s: &str) -> String {
+    s.to_lowercase()
+}
+
+fn ids<'a>(m: &'a Multi, k: &str) -> impl Iterator<Item = String> + 'a {
+    m.get(k).into_iter().flat_map(|s| s.iter().cloned())
+}
+
+fn multi_add(m: &mut Multi, k: Option<&String>, id: &str) {
+    if let Some(k) = k {
+        m.entry(k.clone()).or_default().insert(id.to_string());
+    }
+}
+
+fn multi_remove(m: &mut Multi, k: Option<&String>, id: &str) {
+    if let Some(k) = k {
+        if let Some(set) = m.get_mut(k) {
+            set.remove(id);
+            if set.is_empty() {
+                m.remove(k);
+            }
+        }
+    }
+}
+
+/// Removes a unique-index entry only if it still points at `id` (a later duplicate may own it).
+fn unique_remove<K: Ord + Clone>(m: &mut OrdMap<K, String>, k: &K, id: &str) {
+    if m.get(k).is_some_and(|v| v == id) {
+        m.remove(k);
+    }
+}
+
+impl Snapshot {
+    /// The bucket revision this snapshot reflects.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+    pub fn environment(&self) -> Option<&Arc<Environment>> {
+        self.environment.as_ref()
+    }
+
+    pub fn host(&self, uuid: &str) -> Option<&Arc<Host>> {
+        self.hosts.get(uuid)
+    }
+    pub fn host_by_name(&self, name: &str) -> Option<&Arc<Host>> {
+        self.host_by_name.get(&lc(name)).and_then(|id| self.hosts.get(id))
+    }
+    pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
+        self.hosts.values()
+    }
+
+    pub fn stack(&self, uuid: &str) -> Option<&Arc<Stack>> {
+        self.stacks.get(uuid)
+    }
+    pub fn stack_by_name(&self, name: &str) -> Option<&Arc<Stack>> {
+        self.stack_by_name.get(&lc(name)).and_then(|id| self.stacks.get(id))
+    }
+    pub fn stacks(&self) -> impl Iterator<Item = &Arc<Stack>> {
+        self.stacks.values()
+    }
+
+    pub fn service(&self, uuid: &str) -> Option<&Arc<Service>> {
+        self.services.get(uuid)
+    }
+    pub fn service_by_name(&self, stack_uuid: &str, name: &str) -> Option<&Arc<Service>> {
+        self.service_by_name.get(&(stack_uuid.to_string(), lc(name))).and_then(|id| self.services.get(id))
+    }
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+    pub fn services_in_stack<'a>(&'a self, stack_uuid: &'a str) -> impl Iterator<Item = &'a Arc<Service>> + 'a {
+        ids(&self.services_by_stack, stack_uuid).filter_map(move |id| self.services.get(&id))
+    }
+
+    pub fn container(&self, uuid: &str) -> Option<&Arc<Container>> {
+        self.containers.get(uuid)
+    }
+    pub fn container_by_name(&self, name: &str) -> Option<&Arc<Container>> {
+        self.container_by_name.get(&lc(name)).and_then(|id| self.containers.get(id))
+    }
+    /// The container that holds `ip` (its primary IP or one of its `ips`).
+    pub fn container_by_ip(&self, ip: &str) -> Option<&Arc<Container>> {
+        self.container_by_ip.get(ip).and_then(|id| self.containers.get(id))
+    }
+    pub fn containers(&self) -> impl Iterator<Item = &Arc<Container>> {
+        self.containers.values()
+    }
+    pub fn containers_of_service<'a>(&'a self, service_uuid: &'a str) -> impl Iterator<Item = &'a Arc<Container>> + 'a {
+        ids(&self.containers_by_service, service_uuid).filter_map(move |id| self.containers.get(&id))
+    }
+    pub fn containers_on_host<'a>(&'a self, host_uuid: &'a str) -> impl Iterator<Item = &'a Arc<Container>> + 'a {
+        ids(&self.containers_by_host, host_uuid).filter_map(move |id| self.containers.get(&id))
+    }
+    pub fn containers_in_stack<'a>(&'a self, stack_uuid: &'a str) -> impl Iterator<Item = &'a Arc<Container>> + 'a {
+        ids(&self.containers_by_stack, stack_uuid).filter_map(move |id| self.containers.get(&id))
+    }
+    /// Observed state of a container, from its host's agent.
+    pub fn status(&self, container_uuid: &str) -> Option<&Arc<ContainerStatus>> {
+        self.statuses.get(container_uuid)
+    }
+    /// Health verdict of a container.
+    pub fn health(&self, container_uuid: &str) -> Option<&Arc<ContainerHealth>> {
+        self.healths.get(container_uuid)
+    }
+
+    pub fn volume(&self, uuid: &str) -> Option<&Arc<Volume>> {
+        self.volumes.get(uuid)
+    }
+    pub fn volumes(&self) -> impl Iterator<Item = &Arc<Volume>> {
+        self.volumes.values()
+    }
+    pub fn certificate(&self, uuid: &str) -> Option<&Arc<Certificate>> {
+        self.certificates.get(uuid)
+    }
+    pub fn certificates(&self) -> impl Iterator<Item = &Arc<Certificate>> {
+        self.certificates.values()
+    }
+    pub fn fqdn(&self, service_uuid: &str) -> Option<&Arc<Fqdn>> {
+        self.fqdns.get(service_uuid)
+    }
+    pub fn lease(&self, role: &str) -> Option<&Arc<Lease>> {
+        self.leases.get(role)
+    }
+    /// Keys skipped because their newest value did not parse, with why.
+    pub fn invalid(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.invalid.iter()
+    }
+
+    /// Every record, in key order, with its key (what `event-bus state dump` prints).
+    pub fn records(&self) -> Vec<(Key, Record)> {
+        let mut out = Vec::new();
+        let mut push = |r: Record| out.push((Key { family: r.family(), id: r.id().to_string() }, r));
+        self.environment.iter().for_each(|d| push(Record::Environment((**d).clone())));
+        self.hosts.values().for_each(|d| push(Record::Host((**d).clone())));
+        self.stacks.values().for_each(|d| push(Record::Stack((**d).clone())));
+        self.services.values().for_each(|d| push(Record::Service((**d).clone())));
+        self.containers.values().for_each(|d| push(Record::Container((**d).clone())));
+        self.statuses.values().for_each(|d| push(Record::Status((**d).clone())));
+        self.healths.values().for_each(|d| push(Record::Health((**d).clone())));
+        self.volumes.values().for_each(|d| push(Record::Volume((**d).clone())));
+        self.certificates.values().for_each(|d| push(Record::Certificate((**d).clone())));
+        self.fqdns.values().for_each(|d| push(Record::Fqdn((**d).clone())));
+        self.leases.values().for_each(|d| push(Record::Lease((**d).clone())));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub(crate) fn set_version(&mut self, v: u64) {
+        self.version = self.version.max(v);
+    }
+
+    pub(crate) fn mark_invalid(&mut self, key: &Key, reason: String) {
+        self.invalid.insert(key.to_string(), reason);
+    }
+
+    /// Applies one change: `Some(record)` is a put, `None` a delete.
+    pub(crate) fn apply(&mut self, key: &Key, new: Option<Record>) {
+        self.invalid.remove(&key.to_string());
+        let id = key.id.as_str();
+        match new {
+            None => self.remove(key),
+            Some(Record::Environment(d)) => self.environment = Some(Arc::new(d)),
+            Some(Record::Host(d)) => {
+                self.remove(key);
+                self.host_by_name.insert(lc(&d.name), id.to_string());
+                self.hosts.insert(id.to_string(), Arc::new(d));
+            }
+            Some(Record::Stack(d)) => {
+                self.remove(key);
+                self.stack_by_name.insert(lc(&d.name), id.to_string());
+                self.stacks.insert(id.to_string(), Arc::new(d));
+            }
+            Some(Record::Service(d)) => {
+                self.remove(key);
+                self.service_by_name.insert((d.stack_uuid.clone(), lc(&d.name)), id.to_string());
+                multi_add(&mut self.services_by_stack, Some(&d.stack_uuid), id);
+                self.services.insert(id.to_string(), Arc::new(d));
+            }
+            Some(Record::Container(d)) => {
+                self.remove(key);
+                self.container_by_name.insert(lc(&d.name), id.to_string());
+                for ip in d.primary_ip.iter().chain(d.ips.iter()).filter(|ip| !ip.is_empty()) {
+                    self.container_by_ip.insert(ip.clone(), id.to_string());
+                }
+                multi_add(&mut self.containers_by_service, d.service_uuid.as_ref(), id);
+                multi_add(&mut self.containers_by_host, d.host_uuid.as_ref(), id);
+                multi_add(&mut self.containers_by_stack, d.stack_uuid.as_ref(), id);
+                self.containers.insert(id.to_string(), Arc::new(d));
+            }
+            Some(Record::Status(d)) => drop(self.statuses.insert(id.to_string(), Arc::new(d))),
+            Some(Record::Health(d)) => drop(self.healths.insert(id.to_string(), Arc::new(d))),
+            Some(Record::Volume(d)) => drop(self.volumes.insert(id.to_string(), Arc::new(d))),
+            Some(Record::Certificate(d)) => drop(self.certificates.insert(id.to_string(), Arc::new(d))),
+            Some(Record::Fqdn(d)) => drop(self.fqdns.insert(id.to_string(), Arc::new(d))),
+            Some(Record::Lease(d)) => drop(self.leases.insert(id.to_string(), Arc::new(d))),
+        }
+    }
+
+    /// Removes a key and every index entry that points at it.
+    fn remove(&mut self, key: &Key) {
+        use crate::keys::Family as F;
+        let id = key.id.as_str();
+        match key.family {
+            F::Environment => self.environment = None,
+            F::Host => {
+                if let Some(old) = self.hosts.remove(id) {
+                    unique_remove(&mut self.host_by_name, &lc(&old.name), id);
+                }
+            }
+            F::Stack => {
+                if let Some(old) = self.stacks.remove(id) {
+                    unique_remove(&mut self.stack_by_name, &lc(&old.name), id);
+                }
+            }
+            F::Service => {
+                if let Some(old) = self.services.remove(id) {
+                    unique_remove(&mut self.service_by_name, &(old.stack_uuid.clone(), lc(&old.name)), id);
+                    multi_remove(&mut self.services_by_stack, Some(&old.stack_uuid), id);
+                }
+            }
+            F::Container => {
+                if let Some(old) = self.containers.remove(id) {
+                    unique_remove(&mut self.container_by_name, &lc(&old.name), id);
+                    for ip in old.primary_ip.iter().chain(old.ips.iter()) {
+                        unique_remove(&mut self.container_by_ip, ip, id);
+                    }
+                    multi_remove(&mut self.containers_by_service, old.service_uuid.as_ref(), id);
+                    multi_remove(&mut self.containers_by_host, old.host_uuid.as_ref(), id);
+                    multi_remove(&mut self.containers_by_stack, old.stack_uuid.as_ref(), id);
+                }
+            }
+            F::Status => drop(self.statuses.remove(id)),
+            F::Health => drop(self.healths.remove(id)),
+            F::Volume => drop(self.volumes.remove(id)),
+            F::Certificate => drop(self.certificates.remove(id)),
+            F::Fqdn => drop(self.fqdns.remove(id)),
+            F::Lease => drop(self.leases.remove(id)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::fixtures;
+
+    fn put(s: &mut Snapshot, r: Record) {
+        let key = Key { family: r.family(), id: r.id().to_string() };
+        s.apply(&key, Some(r));
+    }
+
+    #[test]
+    fn indexes_follow_updates_and_deletes() {
+        let mut s = Snapshot::default();
+        put(&mut s, Record::Stack(fixtures::stack("st1", "App")));
+        put(&mut s, Record::Service(fixtures::service("sv1", "st1", "Web")));
+        let mut c = fixtures::container("c1", "App-Web-1", "sv1", "st1", "h1", "10.42.0.5");
+        put(&mut s, Record::Container(c.clone()));
+
+        assert_eq!(s.stack_by_name("app").unwrap().uuid, "st1");
+        assert_eq!(s.service_by_name("st1", "WEB").unwrap().uuid, "sv1");
+        assert_eq!(s.container_by_ip("10.42.0.5").unwrap().uuid, "c1");
+        assert_eq!(s.containers_of_service("sv1").count(), 1);
+        assert_eq!(s.containers_on_host("h1").count(), 1);
+
+        // Moving the container to another host and IP re-indexes it.
+        c.host_uuid = Some("h2".into());
+        c.primary_ip = Some("10.42.1.9".into());
+        c.ips = vec!["10.42.1.9".into()];
+        put(&mut s, Record::Container(c));
+        assert!(s.container_by_ip("10.42.0.5").is_none());
+        assert_eq!(s.container_by_ip("10.42.1.9").unwrap().uuid, "c1");
+        assert_eq!(s.containers_on_host("h1").count(), 0);
+        assert_eq!(s.containers_on_host("h2").count(), 1);
+
+        let before = s.clone();
+        s.apply(&"container.c1".parse().unwrap(), None);
+        assert!(s.container_by_name("app-web-1").is_none());
+        assert_eq!(s.containers_of_service("sv1").count(), 0);
+        // An older snapshot is untouched by changes to a newer one.
+        assert_eq!(before.containers_of_service("sv1").count(), 1);
+    }
+}

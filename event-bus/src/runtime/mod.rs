@@ -1,0 +1,8 @@
+//! What every Corral binary shares: flags, telemetry, the admin server, shutdown.
+
+pub mod admin;
+pub mod args;
+pub mod metrics;
+pub mod natsd;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,6 @@
+//! `net-ipsec` is not implemented yet: this binary only says so, so that nobody mistakes it for a working component.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("net-ipsec: not implemented yet (see the open issues and net-ipsec/README.md)");
+    std::process::ExitCode::from(2)
+}

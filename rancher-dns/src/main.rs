@@ -1,0 +1,6 @@
+//! `rancher-dns` is not implemented yet: this binary only says so, so that nobody mistakes it for a working component.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("rancher-dns: not implemented yet (see the open issues and rancher-dns/README.md)");
+    std::process::ExitCode::from(2)
+}
