@@ -150,10 +150,8 @@ impl Bus {
         let url = redact_url(&opts.url);
         // With retry_on_initial_connect the client comes back at once and connects in the
         // background; wait for the first connection so callers start from a known state.
-        let client = co
-            .connect(opts.url.as_str())
-            .await
-            .map_err(|e| Error::Connect { url: url.clone(), source: Box::new(e) })?;
+        let addrs = server_addrs(&opts.url).map_err(|e| Error::Connect { url: url.clone(), source: Box::new(e) })?;
+        let client = co.connect(addrs).await.map_err(|e| Error::Connect { url: url.clone(), source: Box::new(e) })?;
         let mut connected = rx.clone();
         let waited = tokio::time::timeout(initial_timeout, async {
             loop {
@@ -215,6 +213,11 @@ impl Bus {
     pub fn link_watch(&self) -> watch::Receiver<Link> {
         self.link.clone()
     }
+}
+
+/// `nats://a:4222,nats://b:4222` → one address per server.
+fn server_addrs(urls: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> {
+    urls.split(',').map(|u| u.trim().parse::<async_nats::ServerAddr>()).collect()
 }
 
 /// Reconnect delays: 100 ms doubling to 5 s.

@@ -83,7 +83,10 @@ pub async fn run(common: &CommonArgs, args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("admin server on {admin_addr}"))?;
 
-    println!(
+    // Whoever started us may have stopped reading stdout; that must not stop the server.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stdout(),
         "event-bus server ready: nats://{} env {:?}, bucket {} (version {}), events stream {}\n  store {}  log {}  admin http://{}",
         args.listen,
         bus.env(),

