@@ -59,8 +59,17 @@ macro_rules! families {
                 match self { $( Record::$variant(d) => &d.$id_field, )* }
             }
 
-            fn decode_as(family: Family, key: &str, value: serde_json::Value) -> Result<Record> {
-                match family { $( Family::$variant => decode_typed::<$ty>(family, key, value).map(Record::$variant), )* }
+            /// Deserializes straight from `de` (no intermediate JSON value: this is the cache's hot path)
+            /// and takes `schema_version` out of the unknown fields.
+            fn decode_from<'de, D>(family: Family, key: &str, de: D) -> Result<Record>
+            where
+                D: serde::Deserializer<'de, Error = serde_json::Error>,
+            {
+                match family { $( Family::$variant => {
+                    let mut d = decode_typed::<$ty, D>(family, key, de)?;
+                    check_schema(family, key, d.extra.remove(SCHEMA_FIELD))?;
+                    Ok(Record::$variant(d))
+                } )* }
             }
         }
 
@@ -186,44 +195,49 @@ pub fn encode<T: Serialize>(doc: &T) -> Vec<u8> {
 /// document matches the key.
 pub fn decode(key: &Key, bytes: &[u8]) -> Result<Record> {
     let key_str = key.to_string();
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::InvalidDocument {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let record = Record::decode_from(key.family, &key_str, &mut de)?;
+    de.end().map_err(|e| Error::InvalidDocument {
         family: key.family,
         key: key_str.clone(),
         field: "(document)".to_string(),
         reason: format!("not JSON: {e}"),
     })?;
-    decode_value(key, value)
+    check_id(key, record)
 }
 
 /// Like [`decode`], from an already parsed JSON value (the CLI reads YAML too).
-pub fn decode_value(key: &Key, mut value: serde_json::Value) -> Result<Record> {
+pub fn decode_value(key: &Key, value: serde_json::Value) -> Result<Record> {
     let key_str = key.to_string();
-    match &mut value {
-        serde_json::Value::Object(map) => {
-            if let Some(v) = map.remove(SCHEMA_FIELD) {
-                if v.as_u64().is_none() {
-                    return Err(Error::InvalidDocument {
-                        family: key.family,
-                        key: key_str,
-                        field: SCHEMA_FIELD.to_string(),
-                        reason: format!("expected a positive integer, found {v}"),
-                    });
-                }
-            }
-        }
-        other => {
-            return Err(Error::InvalidDocument {
-                family: key.family,
-                key: key_str,
-                field: "(document)".to_string(),
-                reason: format!("expected a JSON object, found {}", json_kind(other)),
-            })
-        }
+    if !value.is_object() {
+        return Err(Error::InvalidDocument {
+            family: key.family,
+            key: key_str,
+            field: "(document)".to_string(),
+            reason: format!("expected a JSON object, found {}", json_kind(&value)),
+        });
     }
-    let record = Record::decode_as(key.family, &key_str, value)?;
+    let record = Record::decode_from(key.family, &key_str, value)?;
+    check_id(key, record)
+}
+
+fn check_schema(family: Family, key: &str, v: Option<serde_json::Value>) -> Result<()> {
+    match v {
+        None => Ok(()),
+        Some(v) if v.as_u64().is_some() => Ok(()),
+        Some(v) => Err(Error::InvalidDocument {
+            family,
+            key: key.to_string(),
+            field: SCHEMA_FIELD.to_string(),
+            reason: format!("expected a positive integer, found {v}"),
+        }),
+    }
+}
+
+fn check_id(key: &Key, record: Record) -> Result<Record> {
     if record.id() != key.id {
         return Err(Error::IdMismatch {
-            key: key_str,
+            key: key.to_string(),
             field: key.family.id_field(),
             expected: key.id.clone(),
             found: record.id().to_string(),
@@ -232,14 +246,20 @@ pub fn decode_value(key: &Key, mut value: serde_json::Value) -> Result<Record> {
     Ok(record)
 }
 
-fn decode_typed<T: DeserializeOwned>(family: Family, key: &str, value: serde_json::Value) -> Result<T> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
+fn decode_typed<'de, T, D>(family: Family, key: &str, de: D) -> Result<T>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+{
+    serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
+        let inner = e.into_inner();
+        let syntax = inner.is_syntax() || inner.is_eof();
         Error::InvalidDocument {
             family,
             key: key.to_string(),
-            field: if path == "." { "(document)".to_string() } else { path },
-            reason: e.into_inner().to_string(),
+            field: if path == "." || syntax { "(document)".to_string() } else { path },
+            reason: if syntax { format!("not JSON: {inner}") } else { inner.to_string() },
         }
     })
 }

@@ -22,12 +22,15 @@ pub use snapshot::Snapshot;
 
 use crate::bus::{Bus, Link};
 use crate::error::{Error, Result};
-use crate::keys::{decode, Key};
+use crate::keys::{decode, Key, Record};
 use crate::runtime::metrics::Metrics;
 use crate::store::StateStore;
 
 /// The most changes folded into one snapshot; bounds the latency a huge burst adds.
 const MAX_BATCH: usize = 4096;
+
+/// Values decoded per blocking-pool job during a cold load.
+const COLD_BATCH: usize = 512;
 
 #[derive(Clone)]
 struct CacheMetrics {
@@ -174,10 +177,22 @@ async fn cold_load(store: &StateStore, metrics: &CacheMetrics) -> Result<(Snapsh
     if info.state.messages == 0 {
         return Ok((snap, watcher));
     }
+    // A cold load is thousands of values at once: decode batches on the blocking pool while
+    // this task applies the batches already decoded, in order.
+    let mut pending: std::collections::VecDeque<tokio::task::JoinHandle<Vec<Decoded>>> = Default::default();
+    let mut batch = Vec::with_capacity(COLD_BATCH);
     while let Some(entry) = watcher.next().await {
         let entry = entry.map_err(|e| Error::nats("watch", e))?;
         let caught_up = entry.delta == 0;
-        apply_entry(&mut snap, &entry, metrics);
+        batch.push(entry);
+        if batch.len() == COLD_BATCH || caught_up {
+            let entries = std::mem::replace(&mut batch, Vec::with_capacity(COLD_BATCH));
+            pending.push_back(tokio::task::spawn_blocking(move || entries.iter().map(decode_entry).collect()));
+        }
+        while pending.front().is_some_and(|h| h.is_finished()) || (caught_up && !pending.is_empty()) {
+            let decoded = pending.pop_front().expect("checked").await.map_err(|e| Error::nats("decode", e))?;
+            decoded.into_iter().for_each(|d| apply_decoded(&mut snap, d, metrics));
+        }
         if caught_up {
             return Ok((snap, watcher));
         }
@@ -259,28 +274,46 @@ fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis((100u64 << attempt.min(5)).min(3_000))
 }
 
-fn apply_entry(snap: &mut Snapshot, entry: &kv::Entry, metrics: &CacheMetrics) {
-    snap.set_version(entry.revision);
-    let key = match entry.key.parse::<Key>() {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::warn!(key = %entry.key, error = %e, "state cache: skipping a key outside the key families");
-            metrics.invalid.get_or_create(&vec![("family".into(), "unknown".into())]).inc();
-            return;
-        }
-    };
-    let change = match entry.operation {
-        kv::Operation::Put => match decode(&key, &entry.value) {
-            Ok(record) => Some(record),
-            Err(e) => {
-                tracing::warn!(%key, revision = entry.revision, error = %e, "state cache: skipping a value that does not parse; keeping the previous one");
-                metrics.invalid.get_or_create(&vec![("family".into(), key.family.to_string())]).inc();
-                snap.mark_invalid(&key, e.to_string());
-                return;
-            }
+/// One change read from the bucket, decoded (the costly half, which can run off the cache task).
+struct Decoded {
+    revision: u64,
+    raw_key: String,
+    change: std::result::Result<(Key, Option<Record>), (Option<Key>, Error)>,
+}
+
+fn decode_entry(entry: &kv::Entry) -> Decoded {
+    let change = match entry.key.parse::<Key>() {
+        Err(e) => Err((None, e)),
+        Ok(key) => match entry.operation {
+            kv::Operation::Put => match decode(&key, &entry.value) {
+                Ok(record) => Ok((key, Some(record))),
+                Err(e) => Err((Some(key), e)),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => Ok((key, None)),
         },
-        kv::Operation::Delete | kv::Operation::Purge => None,
     };
-    snap.apply(&key, change);
-    metrics.applied.inc();
+    Decoded { revision: entry.revision, raw_key: entry.key.clone(), change }
+}
+
+fn apply_decoded(snap: &mut Snapshot, d: Decoded, metrics: &CacheMetrics) {
+    snap.set_version(d.revision);
+    match d.change {
+        Ok((key, change)) => {
+            snap.apply(&key, change);
+            metrics.applied.inc();
+        }
+        Err((None, e)) => {
+            tracing::warn!(key = %d.raw_key, error = %e, "state cache: skipping a key outside the key families");
+            metrics.invalid.get_or_create(&vec![("family".into(), "unknown".into())]).inc();
+        }
+        Err((Some(key), e)) => {
+            tracing::warn!(%key, revision = d.revision, error = %e, "state cache: skipping a value that does not parse; keeping the previous one");
+            metrics.invalid.get_or_create(&vec![("family".into(), key.family.to_string())]).inc();
+            snap.mark_invalid(&key, e.to_string());
+        }
+    }
+}
+
+fn apply_entry(snap: &mut Snapshot, entry: &kv::Entry, metrics: &CacheMetrics) {
+    apply_decoded(snap, decode_entry(entry), metrics);
 }

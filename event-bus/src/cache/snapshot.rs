@@ -82,6 +82,12 @@ fn multi_remove(m: &mut Multi, k: Option<&String>, id: &str) {
     }
 }
 
+/// The primary IP and the other IPs, each once (the primary is usually also in `ips`).
+fn container_ips(c: &Container) -> impl Iterator<Item = &String> {
+    let primary = c.primary_ip.as_ref().filter(|ip| !ip.is_empty());
+    primary.into_iter().chain(c.ips.iter().filter(move |ip| !ip.is_empty() && Some(*ip) != primary))
+}
+
 /// Removes a unique-index entry only if it still points at `id` (a later duplicate may own it).
 fn unique_remove<K: Ord + Clone>(m: &mut OrdMap<K, String>, k: &K, id: &str) {
     if m.get(k).is_some_and(|v| v == id) {
@@ -212,9 +218,23 @@ impl Snapshot {
         self.invalid.insert(key.to_string(), reason);
     }
 
-    /// Applies one change: `Some(record)` is a put, `None` a delete.
-    pub(crate) fn apply(&mut self, key: &Key, new: Option<Record>) {
-        self.invalid.remove(&key.to_string());
+    /// A snapshot holding `records` at `version`: what components' pure tests build their
+    /// input from, without NATS.
+    pub fn from_records(version: u64, records: impl IntoIterator<Item = Record>) -> Snapshot {
+        let mut s = Snapshot { version, ..Default::default() };
+        for r in records {
+            let key = Key { family: r.family(), id: r.id().to_string() };
+            s.apply(&key, Some(r));
+        }
+        s
+    }
+
+    /// Applies one change: `Some(record)` is a put, `None` a delete. (The cache calls this for
+    /// every change it reads; it is public so tests and benchmarks can build snapshots.)
+    pub fn apply(&mut self, key: &Key, new: Option<Record>) {
+        if !self.invalid.is_empty() {
+            self.invalid.remove(&key.to_string());
+        }
         let id = key.id.as_str();
         match new {
             None => self.remove(key),
@@ -238,7 +258,7 @@ impl Snapshot {
             Some(Record::Container(d)) => {
                 self.remove(key);
                 self.container_by_name.insert(lc(&d.name), id.to_string());
-                for ip in d.primary_ip.iter().chain(d.ips.iter()).filter(|ip| !ip.is_empty()) {
+                for ip in container_ips(&d) {
                     self.container_by_ip.insert(ip.clone(), id.to_string());
                 }
                 multi_add(&mut self.containers_by_service, d.service_uuid.as_ref(), id);
@@ -280,7 +300,7 @@ impl Snapshot {
             F::Container => {
                 if let Some(old) = self.containers.remove(id) {
                     unique_remove(&mut self.container_by_name, &lc(&old.name), id);
-                    for ip in old.primary_ip.iter().chain(old.ips.iter()) {
+                    for ip in container_ips(&old) {
                         unique_remove(&mut self.container_by_ip, ip, id);
                     }
                     multi_remove(&mut self.containers_by_service, old.service_uuid.as_ref(), id);
