@@ -106,6 +106,17 @@ async fn event_bus_server_runs_nats_provisions_and_stops_cleanly() {
         let r = http.get(format!("http://127.0.0.1:{admin}/{path}")).send().await.unwrap();
         assert_eq!(r.status(), 200, "/{path}");
     }
+    // /metrics carries the environment version: environment.default + host.h1 = revision 2.
+    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = http.get(&metrics_url).send().await.unwrap().text().await.unwrap();
+        if body.contains("corral_state_cache_version 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(body.contains("corral_state_cache_version 2"), "{body}");
 
     // SIGTERM: the server stops nats-server cleanly and exits 0.
     let ok = Command::new("kill").arg("-TERM").arg(server.id().to_string()).status().unwrap();
@@ -125,4 +136,19 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process:
         assert!(std::time::Instant::now() < deadline, "did not exit within {within:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every example document in docs/examples is valid for the key its file is named after.
+#[test]
+fn the_documented_examples_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let key: event_bus::Key = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        let value: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        event_bus::keys::decode_value(&key, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        n += 1;
+    }
+    assert!(n >= 4, "examples found: {n}");
 }

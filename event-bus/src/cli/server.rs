@@ -9,6 +9,7 @@ use anyhow::Context;
 
 use super::{connect, default_store_dir, ProvisionArgs};
 use crate::bus::Link;
+use crate::cache::StateCache;
 use crate::runtime::{admin, args::CommonArgs, metrics::Metrics, natsd, shutdown};
 use crate::store::provision;
 
@@ -69,7 +70,11 @@ pub async fn run(common: &CommonArgs, args: ServerArgs) -> anyhow::Result<()> {
     };
     let store = provision(&bus, &args.provision.provision()).await?;
 
+    // Following the bucket here makes /metrics show the environment's version and change rate.
+    let metrics = Metrics::new();
+    let cache = StateCache::start(&bus, &metrics).await?;
     let readiness = admin::Readiness::new();
+    readiness.add("state cache", move || cache.readiness());
     let link = bus.clone();
     readiness.add("nats", move || {
         if link.link() == Link::Connected {
@@ -79,7 +84,7 @@ pub async fn run(common: &CommonArgs, args: ServerArgs) -> anyhow::Result<()> {
         }
     });
     let admin_addr = common.admin_addr.unwrap_or(DEFAULT_ADMIN.parse().expect("valid default"));
-    let admin = admin::AdminServer::start(admin_addr, Metrics::new(), readiness)
+    let admin = admin::AdminServer::start(admin_addr, metrics, readiness)
         .await
         .with_context(|| format!("admin server on {admin_addr}"))?;
 

@@ -26,10 +26,10 @@ pub enum StateCommand {
         /// The document; `-` or nothing reads standard input.
         file: Option<PathBuf>,
         /// Only create: fail if KEY exists.
-        #[arg(long, conflicts_with = "if_revision")]
+        #[arg(long, env = "CORRAL_STATE_CREATE", conflicts_with = "if_revision")]
         create: bool,
         /// Compare-and-set: write only if KEY is still at this revision.
-        #[arg(long)]
+        #[arg(long, env = "CORRAL_STATE_IF_REVISION")]
         if_revision: Option<u64>,
     },
     /// Delete KEY.
@@ -37,7 +37,7 @@ pub enum StateCommand {
     /// Print every document (optionally of one family) with the environment version.
     Dump {
         /// Only this key family (host, stack, service, container, status, health, …).
-        #[arg(long)]
+        #[arg(long, env = "CORRAL_STATE_FAMILY")]
         family: Option<Family>,
         #[arg(long, short, env = "CORRAL_OUTPUT", value_enum, default_value_t = Output::Json)]
         output: Output,
@@ -45,10 +45,10 @@ pub enum StateCommand {
     /// Print changes as they happen: current values first, then live (one JSON object per line).
     Watch {
         /// Replay every change after this revision instead of starting from the current values.
-        #[arg(long)]
+        #[arg(long, env = "CORRAL_STATE_FROM_REVISION")]
         from_revision: Option<u64>,
         /// Exit after this many changes.
-        #[arg(long)]
+        #[arg(long, env = "CORRAL_STATE_COUNT")]
         count: Option<usize>,
         #[arg(long, short, env = "CORRAL_OUTPUT", value_enum, default_value_t = Output::Json)]
         output: Output,
