@@ -1,6 +1,82 @@
-//! `rancher-metadata` is not implemented yet: this binary only says so, so that nobody mistakes it for a working component.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-fn main() -> std::process::ExitCode {
-    eprintln!("rancher-metadata: not implemented yet (see the open issues and rancher-metadata/README.md)");
-    std::process::ExitCode::from(2)
+use anyhow::Context;
+use clap::Parser;
+use event_bus::runtime::{admin, args::CommonArgs, metrics::Metrics, shutdown, telemetry};
+use event_bus::{Bus, StateCache};
+use rancher_metadata::{server, source};
+
+/// Rancher's metadata HTTP API (versions 2015-07-25, 2015-12-19, 2016-07-29, latest; text, JSON,
+/// YAML; per-caller `self`; long-poll), answered from Corral's state in NATS or from an answers file.
+#[derive(Parser)]
+#[command(name = "rancher-metadata", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address of the metadata API (the original's `--listen`).
+    #[arg(long, env = "CORRAL_METADATA_LISTEN", default_value = "0.0.0.0:80")]
+    listen: SocketAddr,
+    /// Serve this static answers file (JSON or YAML: version → client IP or `default` → tree)
+    /// instead of NATS state; re-read on SIGHUP.
+    #[arg(long, env = "CORRAL_METADATA_ANSWERS")]
+    answers: Option<PathBuf>,
+    /// Take the caller's IP from the X-Forwarded-For header (whole value) when present.
+    #[arg(long, env = "CORRAL_METADATA_XFF")]
+    xff: bool,
+    /// The host this server answers for: `/self/host` of callers that are not known containers.
+    #[arg(long, env = "CORRAL_HOST_UUID")]
+    host_uuid: Option<String>,
+}
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9221";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _telemetry =
+        telemetry::init("rancher-metadata", args.common.log_format, args.common.log.as_deref().unwrap_or("info"))?;
+    let metrics = Metrics::new();
+    let app = server::App::new(args.xff, &metrics);
+    let readiness = admin::Readiness::new();
+
+    let _cache = match &args.answers {
+        Some(path) => {
+            source::load_answers(&app, path).map_err(anyhow::Error::msg)?;
+            let (app2, path2) = (app.clone(), path.clone());
+            tokio::spawn(async move {
+                let mut hup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+                while hup.recv().await.is_some() {
+                    if let Err(e) = source::load_answers(&app2, &path2) {
+                        tracing::error!(error = %e, "reload failed; still serving the previous answers");
+                    }
+                }
+            });
+            None
+        }
+        None => {
+            let bus =
+                Bus::connect(&args.common.nats.options("rancher-metadata"), &args.common.env, Duration::from_secs(60))
+                    .await?;
+            let cache = StateCache::start(&bus, &metrics).await?;
+            let c = cache.clone();
+            readiness.add("state cache", move || c.readiness());
+            tokio::spawn(source::follow_cache(app.clone(), cache.clone(), args.host_uuid.clone()));
+            Some(cache)
+        }
+    };
+    let a = app.clone();
+    readiness.add("answers", move || if a.is_loaded() { Ok(()) } else { Err("no answers loaded yet".into()) });
+    let admin_addr = args.common.admin_addr.unwrap_or(DEFAULT_ADMIN.parse().expect("valid default"));
+    let _admin = admin::AdminServer::start(admin_addr, metrics, readiness).await.context("admin server")?;
+
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "metadata API listening");
+    axum::serve(listener, server::router(app).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown::signal())
+        .await?;
+    Ok(())
 }

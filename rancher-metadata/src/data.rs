@@ -1,0 +1,168 @@
+//! The answers being served, and where they come from: the `event-bus` state cache (the normal
+//! mode) or a static answers file (the original's standalone format).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use event_bus::Snapshot;
+use serde_json::Value;
+
+use crate::tree::{self, Api, Context};
+
+/// Caller entries built so far in one generation, by (API version, caller IP).
+type Built = Mutex<HashMap<(Api, String), Option<Arc<Value>>>>;
+
+/// Per-caller entries: built on demand from a snapshot, or given by an answers file.
+enum Callers {
+    Snapshot { snap: Arc<Snapshot>, built: Built },
+    Static(BTreeMap<String, BTreeMap<String, Arc<Value>>>),
+}
+
+/// One immutable generation of answers. Requests hold an `Arc<Data>` for their whole life.
+pub struct Data {
+    /// Changes exactly when some answer changes; what long-poll waiters wait on.
+    pub generation: u64,
+    /// The `/version` token (environment version of the last change that altered answers).
+    pub token: String,
+    defaults: BTreeMap<String, Arc<Value>>,
+    callers: Callers,
+}
+
+/// A bound on caller entries cached per generation (each is a few objects).
+const MAX_CACHED_CALLERS: usize = 50_000;
+
+impl Data {
+    /// Nothing loaded yet: every version path answers 404, as the original before its first load.
+    pub fn empty() -> Data {
+        Data {
+            generation: 0,
+            token: String::new(),
+            defaults: BTreeMap::new(),
+            callers: Callers::Static(BTreeMap::new()),
+        }
+    }
+
+    /// The version names served, for `GET /`. `latest` is always listed.
+    pub fn version_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.defaults.keys().cloned().collect();
+        if !v.iter().any(|n| n == "latest") {
+            v.push("latest".into());
+        }
+        v
+    }
+
+    /// The shared tree of a version; `latest` falls back to the highest version name.
+    pub fn default_tree(&self, version: &str) -> Option<&Arc<Value>> {
+        self.defaults.get(version).or_else(|| match version {
+            "latest" => self.defaults.iter().filter(|(k, _)| k.as_str() != "latest").map(|(_, v)| v).next_back(),
+            _ => None,
+        })
+    }
+
+    /// The caller's own entry under `version` (a map), if it has one.
+    pub fn caller(&self, version: &str, ip: &str) -> Option<Arc<Value>> {
+        match &self.callers {
+            Callers::Static(by_version) => {
+                let entries = by_version.get(version).or_else(|| match version {
+                    "latest" => by_version.iter().filter(|(k, _)| k.as_str() != "latest").map(|(_, v)| v).next_back(),
+                    _ => None,
+                })?;
+                entries.get(ip).cloned()
+            }
+            Callers::Snapshot { snap, built } => {
+                let api = Api::from_name(version)?;
+                let key = (api, ip.to_string());
+                if let Some(hit) = built.lock().expect("caller cache poisoned").get(&key) {
+                    return hit.clone();
+                }
+                let entry = tree::self_tree(snap, api, ip).map(|s| Arc::new(serde_json::json!({ "self": s })));
+                let mut cache = built.lock().expect("caller cache poisoned");
+                if cache.len() < MAX_CACHED_CALLERS {
+                    cache.insert(key, entry.clone());
+                }
+                entry
+            }
+        }
+    }
+
+    /// Answers for a snapshot. Returns `None` when they would equal `previous`'s (a write that
+    /// changed nothing a caller can see keeps the version, so no long-poller wakes).
+    pub fn from_snapshot(snap: Arc<Snapshot>, local_host: Option<String>, previous: &Data) -> Option<Data> {
+        let ctx = Context { local_host_uuid: local_host.clone(), version: previous.token.clone() };
+        let defaults: BTreeMap<String, Arc<Value>> =
+            tree::all_versions(&snap, &ctx).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let same_defaults = !previous.defaults.is_empty() && defaults == previous.defaults;
+        if same_defaults && callers_unchanged(previous, &snap) {
+            return None;
+        }
+        let token = snap.version().to_string();
+        let defaults = defaults
+            .into_iter()
+            .map(|(k, v)| {
+                let mut v = Arc::unwrap_or_clone(v);
+                v["version"] = Value::String(token.clone());
+                (k, Arc::new(v))
+            })
+            .collect::<BTreeMap<_, _>>();
+        // `latest` shares the 2016-07-29 tree.
+        let mut defaults = defaults;
+        if let Some(v3) = defaults.get("2016-07-29").cloned() {
+            defaults.insert("latest".into(), v3);
+        }
+        Some(Data {
+            generation: previous.generation + 1,
+            token,
+            defaults,
+            callers: Callers::Snapshot { snap, built: Mutex::new(HashMap::new()) },
+        })
+    }
+
+    /// Answers from the original's static file: version → client IP or `default` → tree.
+    /// Each client entry is served over `default` (its missing top-level keys come from there).
+    pub fn from_answers_file(path: &Path, previous: &Data) -> Result<Option<Data>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let parsed: Value = serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Value::Object(versions) = parsed else {
+            return Err(format!("{}: expected a map of version → client → tree", path.display()));
+        };
+        let mut defaults = BTreeMap::new();
+        let mut callers: BTreeMap<String, BTreeMap<String, Arc<Value>>> = BTreeMap::new();
+        for (version, clients) in versions {
+            let Value::Object(clients) = clients else {
+                return Err(format!(
+                    "{}: version {version:?}: expected a map of client IP or `default` → tree",
+                    path.display()
+                ));
+            };
+            for (client, mut tree) in clients {
+                tree::sort_keys(&mut tree);
+                if client == "default" {
+                    defaults.insert(version.clone(), Arc::new(tree));
+                } else {
+                    callers.entry(version.clone()).or_default().insert(client, Arc::new(tree));
+                }
+            }
+            defaults.entry(version.clone()).or_insert_with(|| Arc::new(Value::Object(Default::default())));
+        }
+        if let Callers::Static(prev) = &previous.callers {
+            if defaults == previous.defaults && &callers == prev {
+                return Ok(None);
+            }
+        }
+        let generation = previous.generation + 1;
+        Ok(Some(Data { generation, token: generation.to_string(), defaults, callers: Callers::Static(callers) }))
+    }
+}
+
+/// Self entries derive from the same objects as the shared trees, except the service `token`
+/// (never in the shared tree). Compare tokens so a token change still reaches its callers.
+fn callers_unchanged(previous: &Data, snap: &Snapshot) -> bool {
+    match &previous.callers {
+        Callers::Snapshot { snap: old, .. } => {
+            let tokens = |s: &Snapshot| s.services().map(|svc| svc.extra.get("token").cloned()).collect::<Vec<_>>();
+            tokens(old) == tokens(snap)
+        }
+        Callers::Static(_) => false,
+    }
+}

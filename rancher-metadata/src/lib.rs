@@ -1,0 +1,15 @@
+//! `rancher-metadata`: Rancher's metadata HTTP API served from Corral's state.
+//!
+//! - [`tree`]: the metadata objects and trees of each API version, from a state snapshot;
+//! - [`lookup`]: walking a caller's view by path;
+//! - [`render`]: text, JSON and YAML as the original rendered them;
+//! - [`data`]: one generation of answers (from the state cache or an answers file);
+//! - [`source`]: keeping the answers current;
+//! - [`server`]: HTTP routing, canonical paths, caller identity, long-poll.
+
+pub mod data;
+pub mod lookup;
+pub mod render;
+pub mod server;
+pub mod source;
+pub mod tree;

@@ -1,0 +1,277 @@
+//! The HTTP side: routing, canonical paths, caller identity, content negotiation, long-poll.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::data::Data;
+use crate::lookup::View;
+use crate::render::{error_body, query_unescape, render, scalar_text, Format};
+use event_bus::runtime::metrics::Metrics;
+
+/// Longest path accepted (the original had none; ours answers 414 beyond it).
+const MAX_PATH: usize = 4096;
+/// Deepest path accepted (metadata trees are a handful of levels deep).
+const MAX_SEGMENTS: usize = 64;
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+const MAX_WAIT: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
+struct HttpMetrics {
+    requests: Family<Vec<(String, String)>, Counter>,
+    waiting: Gauge,
+    generation: Gauge,
+}
+
+/// Shared state of the server: the answers and who waits for them to change.
+pub struct App {
+    data: ArcSwap<Data>,
+    generation: watch::Sender<u64>,
+    xff: bool,
+    metrics: HttpMetrics,
+}
+
+impl App {
+    pub fn new(xff: bool, metrics: &Metrics) -> Arc<App> {
+        let m = HttpMetrics { requests: Family::default(), waiting: Gauge::default(), generation: Gauge::default() };
+        metrics.register("corral_metadata_requests", "Metadata requests by status code", m.requests.clone());
+        metrics.register(
+            "corral_metadata_long_polls_waiting",
+            "Long-poll requests waiting for a change",
+            m.waiting.clone(),
+        );
+        metrics.register(
+            "corral_metadata_generation",
+            "Answer generations served (moves only when an answer changes)",
+            m.generation.clone(),
+        );
+        Arc::new(App { data: ArcSwap::from_pointee(Data::empty()), generation: watch::channel(0).0, xff, metrics: m })
+    }
+
+    pub fn data(&self) -> Arc<Data> {
+        self.data.load_full()
+    }
+
+    /// Serves `data` from now on and wakes the long-pollers.
+    pub fn publish(&self, data: Data) {
+        let g = data.generation;
+        tracing::info!(generation = g, version = %data.token, "serving new metadata answers");
+        self.data.store(Arc::new(data));
+        self.metrics.generation.set(g as i64);
+        self.generation.send_replace(g);
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.data.load().generation > 0
+    }
+}
+
+/// The router: every path goes to one handler (the original's tree has no fixed routes).
+pub fn router(app: Arc<App>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(app)
+}
+
+fn response(status: StatusCode, body: String, error: bool) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    if error {
+        h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    }
+    r
+}
+
+/// Go's `path.Clean`: one slash between segments, `.` and `..` resolved, no trailing slash.
+fn clean_path(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn client_ip(peer: SocketAddr, headers: &axum::http::HeaderMap, xff: bool) -> String {
+    if xff {
+        if let Some(v) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            // The original used the whole header value, without splitting on commas.
+            return v.trim().to_string();
+        }
+    }
+    match peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)).to_string(),
+        ip => ip.to_string(),
+    }
+}
+
+struct Query {
+    wait: bool,
+    value: Option<String>,
+    max_wait: Duration,
+}
+
+fn parse_query(q: Option<&str>) -> Query {
+    let mut out = Query { wait: false, value: None, max_wait: DEFAULT_WAIT };
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = query_unescape(v).unwrap_or_default();
+        match k {
+            "wait" => out.wait = v == "true",
+            "value" => out.value = Some(v),
+            "maxWait" => {
+                out.max_wait = match v.parse::<u64>() {
+                    Ok(0) | Err(_) => DEFAULT_WAIT,
+                    Ok(s) => Duration::from_secs(s).min(MAX_WAIT),
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    let resp = answer(&app, peer, req).await;
+    app.metrics.requests.get_or_create(&vec![("code".into(), resp.status().as_u16().to_string())]).inc();
+    resp
+}
+
+async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return response(StatusCode::NOT_FOUND, "404 page not found\n".into(), true);
+    }
+    let format = Format::from_accept(req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let path = req.uri().path();
+    if path.len() > MAX_PATH {
+        return response(StatusCode::URI_TOO_LONG, error_body(414, "Path too long", format), true);
+    }
+    let clean = clean_path(path);
+    let trimmed = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+    if clean != trimmed && !(clean == "/" && trimmed.is_empty()) {
+        let location = match req.uri().query() {
+            Some(q) => format!("{clean}?{q}"),
+            None => clean.clone(),
+        };
+        let mut r = response(StatusCode::MOVED_PERMANENTLY, String::new(), false);
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    }
+    let mut segments = Vec::new();
+    for raw in clean.split('/').filter(|s| !s.is_empty()) {
+        match query_unescape(raw) {
+            Ok(s) => segments.push(s),
+            Err(e) => return response(StatusCode::BAD_REQUEST, error_body(400, &e, format), true),
+        }
+    }
+    if segments.len() > MAX_SEGMENTS {
+        return response(StatusCode::NOT_FOUND, error_body(404, "Not found", format), true);
+    }
+    if segments.first().map(String::as_str) == Some("favicon.ico") {
+        return response(StatusCode::NOT_FOUND, "404 page not found\n".into(), true);
+    }
+    let Some((version, rest)) = segments.split_first() else {
+        let data = app.data();
+        let versions: serde_json::Map<String, Value> =
+            data.version_names().into_iter().map(|v| (v.clone(), Value::String(format!("/{v}")))).collect();
+        return response(StatusCode::OK, render(&Value::Object(versions), format), false);
+    };
+    let ip = client_ip(peer, req.headers(), app.xff);
+    let query = parse_query(req.uri().query());
+
+    let lookup = |data: &Data| -> Result<Option<Value>, ()> {
+        let default = data.default_tree(version).ok_or(())?;
+        let own = data.caller(version, &ip);
+        let stack = own.as_deref().and_then(|o| o.pointer("/self/stack/name")).and_then(Value::as_str);
+        let view = View { own: own.as_deref(), default, prefer_stack: stack };
+        Ok(view.get(rest).map(|v| v.into_owned()))
+    };
+
+    let mut rx = app.generation.subscribe();
+    let deadline = tokio::time::Instant::now() + query.max_wait;
+    let long_poll = query.wait && query.value.is_some();
+    let _waiting = long_poll.then(|| WaitGuard::new(&app.metrics.waiting));
+    loop {
+        rx.borrow_and_update();
+        let data = app.data();
+        let found = match lookup(&data) {
+            Ok(found) => found,
+            Err(()) if data.generation == 0 && !long_poll => {
+                return response(StatusCode::NOT_FOUND, error_body(404, "Not found", format), true)
+            }
+            Err(()) if data.generation > 0 => {
+                return response(StatusCode::NOT_FOUND, error_body(404, "Invalid version", format), true)
+            }
+            Err(()) => None,
+        };
+        let done = !long_poll
+            || matches!((&found, &query.value), (Some(v), Some(want)) if scalar_text(v) != *want)
+            || tokio::time::Instant::now() >= deadline;
+        if done {
+            return match found {
+                Some(v) => response(StatusCode::OK, render(&v, format), false),
+                None => response(StatusCode::NOT_FOUND, error_body(404, "Not found", format), true),
+            };
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return response(StatusCode::SERVICE_UNAVAILABLE, String::new(), true) },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+struct WaitGuard(Gauge);
+
+impl WaitGuard {
+    fn new(g: &Gauge) -> Self {
+        g.inc();
+        WaitGuard(g.clone())
+    }
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_cleaned_like_go() {
+        assert_eq!(clean_path("/latest//self/./container/../host/"), "/latest/self/host");
+        assert_eq!(clean_path("/"), "/");
+        assert_eq!(clean_path("/../x"), "/x");
+    }
+
+    #[test]
+    fn max_wait_defaults_and_caps() {
+        assert_eq!(parse_query(Some("wait=true&value=x&maxWait=10")).max_wait, Duration::from_secs(10));
+        assert_eq!(parse_query(Some("maxWait=0")).max_wait, DEFAULT_WAIT);
+        assert_eq!(parse_query(Some("maxWait=abc")).max_wait, DEFAULT_WAIT);
+        assert_eq!(parse_query(Some("maxWait=999")).max_wait, MAX_WAIT);
+        let q = parse_query(Some("wait=true&value="));
+        assert!(q.wait && q.value.as_deref() == Some(""));
+    }
+}
