@@ -75,8 +75,6 @@ async fn main() -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "metadata API listening");
-    axum::serve(listener, server::router(app).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown::signal())
-        .await?;
+    server::serve(listener, app, shutdown::signal()).await;
     Ok(())
 }

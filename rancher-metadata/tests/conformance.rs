@@ -2,7 +2,6 @@
 //! by source address: each test client binds to its own 127.0.10.x address, and the fixture
 //! gives containers those addresses as their IPs.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use event_bus::model::LaunchConfig;
 use event_bus::runtime::metrics::Metrics;
 use event_bus::testkit::{fixtures, NatsServer};
 use event_bus::{provision, Bus, Document, NatsOptions, Provision, StateCache, StateStore};
-use rancher_metadata::server::{router, App};
+use rancher_metadata::server::{serve, App};
 use rancher_metadata::source::follow_cache;
 use serde_json::{json, Value};
 
@@ -68,9 +67,7 @@ async fn start() -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = app.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router(served).into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-    });
+    tokio::spawn(serve(listener, served, std::future::pending()));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !app.is_loaded() {
         assert!(Instant::now() < deadline, "answers never loaded");
