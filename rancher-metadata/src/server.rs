@@ -254,28 +254,6 @@ impl Drop for WaitGuard {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_cleaned_like_go() {
-        assert_eq!(clean_path("/latest//self/./container/../host/"), "/latest/self/host");
-        assert_eq!(clean_path("/"), "/");
-        assert_eq!(clean_path("/../x"), "/x");
-    }
-
-    #[test]
-    fn max_wait_defaults_and_caps() {
-        assert_eq!(parse_query(Some("wait=true&value=x&maxWait=10")).max_wait, Duration::from_secs(10));
-        assert_eq!(parse_query(Some("maxWait=0")).max_wait, DEFAULT_WAIT);
-        assert_eq!(parse_query(Some("maxWait=abc")).max_wait, DEFAULT_WAIT);
-        assert_eq!(parse_query(Some("maxWait=999")).max_wait, MAX_WAIT);
-        let q = parse_query(Some("wait=true&value="));
-        assert!(q.wait && q.value.as_deref() == Some(""));
-    }
-}
-
 /// How long a client may take to send its request head (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted.
@@ -317,5 +295,27 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, shutdown: i
     }
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::info!("shutdown: cut off requests still running after {DRAIN:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_cleaned_like_go() {
+        assert_eq!(clean_path("/latest//self/./container/../host/"), "/latest/self/host");
+        assert_eq!(clean_path("/"), "/");
+        assert_eq!(clean_path("/../x"), "/x");
+    }
+
+    #[test]
+    fn max_wait_defaults_and_caps() {
+        assert_eq!(parse_query(Some("wait=true&value=x&maxWait=10")).max_wait, Duration::from_secs(10));
+        assert_eq!(parse_query(Some("maxWait=0")).max_wait, DEFAULT_WAIT);
+        assert_eq!(parse_query(Some("maxWait=abc")).max_wait, DEFAULT_WAIT);
+        assert_eq!(parse_query(Some("maxWait=999")).max_wait, MAX_WAIT);
+        let q = parse_query(Some("wait=true&value="));
+        assert!(q.wait && q.value.as_deref() == Some(""));
     }
 }
