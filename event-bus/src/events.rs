@@ -147,6 +147,7 @@ impl Events {
     /// Live events whose name matches `pattern` (NATS wildcards: `healthcheck.*`, `>`).
     /// Undecodable messages are logged and skipped.
     pub async fn subscribe(&self, pattern: &str) -> Result<impl Stream<Item = Received> + Unpin + use<>> {
+        validate_pattern(pattern)?;
         let sub = self
             .bus
             .client
@@ -164,12 +165,8 @@ impl Events {
         pattern: &str,
         since: Option<Duration>,
     ) -> Result<impl Stream<Item = Received> + Unpin + use<>> {
-        let stream =
-            self.bus.js.get_stream(self.bus.events_stream_name()).await.map_err(|_| Error::NotProvisioned {
-                what: "stream",
-                name: self.bus.events_stream_name(),
-                env: self.bus.env().to_string(),
-            })?;
+        validate_pattern(pattern)?;
+        let stream = crate::store::get_stream(&self.bus, &self.bus.events_stream_name(), "stream").await?;
         let deliver_policy = match since {
             Some(d) => DeliverPolicy::ByStartTime { start_time: OffsetDateTime::now_utc() - d },
             None => DeliverPolicy::New,
@@ -232,6 +229,25 @@ impl Events {
             .publish_with_headers(to, headers_with_trace(), answer.encode())
             .await
             .map_err(|e| Error::nats("reply", e))
+    }
+}
+
+/// Event names are dot-separated tokens; `*` matches one token and `>` the rest.
+fn validate_pattern(pattern: &str) -> Result<()> {
+    let tokens: Vec<&str> = pattern.split('.').collect();
+    let ok = tokens.iter().enumerate().all(|(i, t)| {
+        !t.is_empty()
+            && !t.contains(char::is_whitespace)
+            && (*t == "*" || *t == ">" || !t.contains(['*', '>']))
+            && (*t != ">" || i == tokens.len() - 1)
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidEvent {
+            subject: pattern.to_string(),
+            reason: "an event pattern is dot-separated names; `*` stands for one name, `>` (last) for the rest".into(),
+        })
     }
 }
 

@@ -25,7 +25,7 @@ pub mod testkit;
 pub mod trace;
 
 pub use bus::{Bus, NatsOptions};
-pub use cache::{Snapshot, StateCache};
+pub use cache::{Snapshot, Stamp, StateCache};
 pub use error::{Error, Result};
 pub use events::{Event, Events, Received};
 pub use keys::{Document, Family, Key, Record};

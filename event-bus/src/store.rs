@@ -34,9 +34,9 @@ impl Default for Provision {
 /// the environment itself. Safe to run again.
 pub async fn provision(bus: &Bus, p: &Provision) -> Result<StateStore> {
     let bucket = bus.bucket_name();
-    let kv = match bus.js.get_key_value(&bucket).await {
-        Ok(kv) => kv,
-        Err(_) => bus
+    let kv = match StateStore::open(bus).await {
+        Ok(store) => store.kv,
+        Err(Error::NotProvisioned { .. }) => bus
             .js
             .create_key_value(kv::Config {
                 bucket: bucket.clone(),
@@ -48,6 +48,7 @@ pub async fn provision(bus: &Bus, p: &Provision) -> Result<StateStore> {
             })
             .await
             .map_err(|e| Error::nats("create bucket", e))?,
+        Err(e) => return Err(e),
     };
     bus.js
         .get_or_create_stream(jetstream::stream::Config {
@@ -75,6 +76,20 @@ pub async fn provision(bus: &Bus, p: &Provision) -> Result<StateStore> {
     }
 }
 
+/// Looks a stream up; `NotProvisioned` only when JetStream says it does not exist.
+pub(crate) async fn get_stream(bus: &Bus, name: &str, what: &'static str) -> Result<jetstream::stream::Stream> {
+    use jetstream::context::GetStreamErrorKind;
+    match bus.js.get_stream(name).await {
+        Ok(s) => Ok(s),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(js) if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND => {
+                Err(Error::NotProvisioned { what, name: name.to_string(), env: bus.env().to_string() })
+            }
+            _ => Err(Error::nats("stream info", e)),
+        },
+    }
+}
+
 /// A value with the revision it was stored at (the input of compare-and-set).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
@@ -92,13 +107,11 @@ impl StateStore {
     /// Opens the bucket of `bus.env()`; it must have been provisioned.
     pub async fn open(bus: &Bus) -> Result<StateStore> {
         let name = bus.bucket_name();
-        match bus.js.get_key_value(&name).await {
-            Ok(kv) => Ok(StateStore { kv }),
-            Err(e) if e.kind() == jetstream::context::KeyValueErrorKind::GetBucket => {
-                Err(Error::NotProvisioned { what: "bucket", name, env: bus.env().to_string() })
-            }
-            Err(e) => Err(Error::nats("open bucket", e)),
-        }
+        // Only "stream not found" means "not provisioned": a timeout or a cluster without a
+        // leader yet is a NATS error the caller may retry.
+        get_stream(bus, &format!("KV_{name}"), "bucket").await?;
+        let kv = bus.js.get_key_value(&name).await.map_err(|e| Error::nats("open bucket", e))?;
+        Ok(StateStore { kv })
     }
 
     /// The raw async-nats store, for tools and tests that need to go around the model.

@@ -175,3 +175,88 @@ async fn a_malformed_value_is_skipped_with_a_log_line_and_a_metric() {
     let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(dump["invalid"]["container.c1"].as_str().unwrap().contains("not JSON"), "{dump}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_is_seen_in_order() {
+    let nats = NatsServer::start();
+    let (bus, store) = provisioned(&nats.url()).await;
+    let cache = StateCache::start(&bus, &Metrics::new()).await.unwrap();
+
+    // Record the value of one key in every snapshot the cache publishes.
+    let mut versions = cache.subscribe();
+    let watcher = cache.clone();
+    let seen = tokio::spawn(async move {
+        let mut seen: Vec<(u64, u64)> = Vec::new();
+        while versions.changed().await.is_ok() {
+            let snap = watcher.snapshot();
+            let n = snap.stack("st1").and_then(|s| s.description.parse::<u64>().ok()).unwrap_or(0);
+            seen.push((snap.version(), n));
+            if n == 300 {
+                break;
+            }
+        }
+        seen
+    });
+
+    // 300 writes of one key, pipelined (many in flight at once), interleaved with other keys.
+    let writes = (1..=300u64).map(|i| {
+        let store = store.clone();
+        async move {
+            let mut st = fixtures::stack("st1", "app");
+            st.description = i.to_string();
+            let rev = store.put(&st).await.unwrap();
+            store.put(&fixtures::host(&format!("h{i}"), &format!("host-{i}"), "127.0.0.1")).await.unwrap();
+            rev
+        }
+    });
+    // Sequential awaits keep write order = value order; the cache still sees them in bursts.
+    for w in writes {
+        w.await;
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(30), seen).await.unwrap().unwrap();
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "snapshots went backwards: {seen:?}");
+    assert_eq!(seen.last().unwrap().1, 300);
+    let last = store.version().await.unwrap();
+    let snap = cache.wait_newer(last - 1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(snap.version(), last);
+    assert_eq!(snap.hosts().count(), 300, "every interleaved write arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_back_with_a_different_store_makes_the_cache_reload() {
+    let mut nats = NatsServer::start();
+    let (bus, store) = provisioned(&nats.url()).await;
+    for i in 0..5 {
+        store.put(&fixtures::stack(&format!("old{i}"), &format!("old{i}"))).await.unwrap();
+    }
+    let metrics = Metrics::new();
+    let cache = StateCache::start(&bus, &metrics).await.unwrap();
+    assert_eq!(cache.snapshot().stacks().count(), 5);
+    let old_version = cache.version();
+
+    nats.kill_and_wipe();
+    nats.restart();
+    // Until the environment exists again the cache cannot know what it follows: not ready.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!cache.is_ready(), "ready while the bucket is gone");
+    assert_eq!(cache.snapshot().stacks().count(), 5, "still serving the last state");
+
+    let (_bus2, fresh) = provisioned(&nats.url()).await;
+    fresh.put(&fixtures::stack("new0", "new0")).await.unwrap();
+    let new_version = fresh.version().await.unwrap();
+    assert!(new_version < old_version, "the fresh store is behind the old one");
+    let c = cache.clone();
+    eventually("the cache reloaded from the new store", Duration::from_secs(30), || {
+        let snap = c.snapshot();
+        let ok = snap.stacks().count() == 1 && snap.stack("new0").is_some() && c.is_ready();
+        async move { ok }
+    })
+    .await;
+    assert_eq!(cache.version(), new_version);
+    assert!(metric(&metrics, "corral_state_cache_resyncs_total") >= 1.0);
+
+    // And it follows the new store from there.
+    let rev = fresh.put(&fixtures::stack("new1", "new1")).await.unwrap();
+    let snap = cache.wait_newer(rev - 1, Duration::from_secs(10)).await.unwrap();
+    assert!(snap.stack("new1").is_some());
+}

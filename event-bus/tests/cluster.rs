@@ -41,7 +41,20 @@ async fn stopping_one_of_three_servers_does_not_stop_writes_or_watches() {
     // A fresh writer, to the survivors only.
     let survivors: Vec<String> = cluster.nodes.iter().filter(|n| n.is_running()).map(|n| n.url()).collect::<Vec<_>>();
     let writer = connect(&survivors.join(",")).await;
-    let wstore = StateStore::open(&writer).await.unwrap();
+    // Right after the loss the bucket's stream may be electing a new leader: a NATS error (not
+    // "not provisioned") that goes away.
+    let mut wstore = None;
+    for _ in 0..100 {
+        match StateStore::open(&writer).await {
+            Ok(s) => {
+                wstore = Some(s);
+                break;
+            }
+            Err(event_bus::Error::NotProvisioned { .. }) => panic!("the replicated bucket vanished"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let wstore = wstore.expect("the bucket answered again after the server loss");
     let mut last = 0;
     for i in 0..10 {
         let c = fixtures::container(

@@ -73,7 +73,7 @@ impl CacheMetrics {
 
 struct Shared {
     current: ArcSwap<Snapshot>,
-    version_tx: watch::Sender<u64>,
+    version_tx: watch::Sender<Stamp>,
     watching: AtomicBool,
     bus: Bus,
     metrics: CacheMetrics,
@@ -100,7 +100,7 @@ impl StateCache {
     pub async fn start(bus: &Bus, metrics: &Metrics) -> Result<StateCache> {
         let store = StateStore::open(bus).await?;
         let metrics = CacheMetrics::new(metrics);
-        let (version_tx, _) = watch::channel(0);
+        let (version_tx, _) = watch::channel(Stamp::default());
         let shared = Arc::new(Shared {
             current: ArcSwap::from_pointee(Snapshot::default()),
             version_tx,
@@ -108,10 +108,10 @@ impl StateCache {
             bus: bus.clone(),
             metrics,
         });
-        let (snapshot, watcher) = cold_load(&store, &shared.metrics).await?;
+        let (snapshot, watcher, identity) = cold_load(&store, &shared.metrics).await?;
         shared.publish(snapshot.clone());
         shared.watching.store(true, Ordering::SeqCst);
-        let task = tokio::spawn(follow(shared.clone(), store, snapshot, watcher));
+        let task = tokio::spawn(follow(shared.clone(), store, snapshot, watcher, identity));
         Ok(StateCache { shared, _task: Arc::new(Task(task)) })
     }
 
@@ -122,14 +122,18 @@ impl StateCache {
 
     /// The version of the newest snapshot (the bucket revision it reflects).
     pub fn version(&self) -> u64 {
-        *self.shared.version_tx.borrow()
+        self.shared.version_tx.borrow().version
     }
 
     /// Waits until the cache holds a version newer than `version`, up to `timeout`.
     /// Returns the snapshot, or `None` when the time ran out.
+    ///
+    /// Versions only go down when the server came back with a different store and the cache
+    /// reloaded from it; waiters are released by such a reload too, whatever the new version.
     pub async fn wait_newer(&self, version: u64, timeout: Duration) -> Option<Arc<Snapshot>> {
         let mut rx = self.shared.version_tx.subscribe();
-        let reached = tokio::time::timeout(timeout, rx.wait_for(|v| *v > version)).await;
+        let epoch = rx.borrow().epoch;
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|s| s.version > version || s.epoch != epoch)).await;
         match reached {
             Ok(Ok(_)) => Some(self.snapshot()),
             _ => None,
@@ -137,7 +141,7 @@ impl StateCache {
     }
 
     /// A receiver of the version, changed once per published snapshot.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub fn subscribe(&self) -> watch::Receiver<Stamp> {
         self.shared.version_tx.subscribe()
     }
 
@@ -158,24 +162,43 @@ impl StateCache {
     }
 }
 
+/// What [`StateCache::subscribe`] carries: the version of the newest snapshot, and how many
+/// times the cache reloaded from a different store (after which versions restart lower).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub epoch: u64,
+    pub version: u64,
+}
+
 impl Shared {
     fn publish(&self, snapshot: Snapshot) {
+        self.publish_with(snapshot, false);
+    }
+
+    fn publish_with(&self, snapshot: Snapshot, reloaded: bool) {
         let v = snapshot.version();
         self.current.store(Arc::new(snapshot));
         self.metrics.version.set(v as i64);
         self.metrics.snapshots.inc();
-        self.version_tx.send_replace(v);
+        self.version_tx.send_modify(|s| {
+            s.version = v;
+            s.epoch += u64::from(reloaded);
+        });
     }
 }
 
 /// Reads the latest value of every key, then keeps the same watch for what follows.
-async fn cold_load(store: &StateStore, metrics: &CacheMetrics) -> Result<(Snapshot, kv::Watch)> {
+/// What tells one bucket from another of the same name (a server restarted on a fresh store).
+type StoreIdentity = time::OffsetDateTime;
+
+async fn cold_load(store: &StateStore, metrics: &CacheMetrics) -> Result<(Snapshot, kv::Watch, StoreIdentity)> {
     let info = store.kv().stream.get_info().await.map_err(|e| Error::nats("bucket info", e))?;
+    let identity = info.created;
     let mut watcher = store.kv().watch_with_history(">").await.map_err(|e| Error::nats("watch", e))?;
     let mut snap = Snapshot::default();
     snap.set_version(info.state.last_sequence);
     if info.state.messages == 0 {
-        return Ok((snap, watcher));
+        return Ok((snap, watcher, identity));
     }
     // A cold load is thousands of values at once: decode batches on the blocking pool while
     // this task applies the batches already decoded, in order.
@@ -194,20 +217,27 @@ async fn cold_load(store: &StateStore, metrics: &CacheMetrics) -> Result<(Snapsh
             decoded.into_iter().for_each(|d| apply_decoded(&mut snap, d, metrics));
         }
         if caught_up {
-            return Ok((snap, watcher));
+            return Ok((snap, watcher, identity));
         }
     }
     Err(Error::nats("watch", "the bucket watch ended during the initial load"))
 }
 
-async fn follow(shared: Arc<Shared>, store: StateStore, mut snap: Snapshot, watcher: kv::Watch) {
+async fn follow(
+    shared: Arc<Shared>,
+    store: StateStore,
+    mut snap: Snapshot,
+    watcher: kv::Watch,
+    identity: StoreIdentity,
+) {
     let mut watcher = Some(watcher);
+    let mut identity = identity;
     let mut link = shared.bus.link_watch();
     let mut attempt = 0u32;
     loop {
         let mut w = match watcher.take() {
             Some(w) => w,
-            None => match resume(&store, &shared, &mut snap).await {
+            None => match resume(&store, &shared, &mut snap, &mut identity).await {
                 Ok(w) => w,
                 Err(e) => {
                     attempt += 1;
@@ -219,52 +249,89 @@ async fn follow(shared: Arc<Shared>, store: StateStore, mut snap: Snapshot, watc
         };
         attempt = 0;
         shared.watching.store(true, Ordering::SeqCst);
-        loop {
+        let why = loop {
             tokio::select! {
                 next = w.next() => match next {
                     Some(Ok(entry)) => {
                         apply_entry(&mut snap, &entry, &shared.metrics);
                         // Fold in everything else that is already here: one snapshot per burst.
-                        let mut n = 1;
-                        while n < MAX_BATCH {
+                        let mut trouble = None;
+                        for _ in 1..MAX_BATCH {
                             match w.next().now_or_never() {
-                                Some(Some(Ok(entry))) => { apply_entry(&mut snap, &entry, &shared.metrics); n += 1; }
-                                _ => break,
+                                Some(Some(Ok(entry))) => apply_entry(&mut snap, &entry, &shared.metrics),
+                                Some(Some(Err(e))) => { trouble = Some(format!("watch error: {e}")); break; }
+                                Some(None) => { trouble = Some("watch ended".to_string()); break; }
+                                None => break,
                             }
                         }
                         shared.publish(snap.clone());
+                        if let Some(t) = trouble { break t; }
                     }
-                    Some(Err(e)) => { tracing::warn!(error = %e, "state cache: watch error; resuming"); break; }
-                    None => { tracing::warn!("state cache: watch ended; resuming"); break; }
+                    Some(Err(e)) => break format!("watch error: {e}"),
+                    None => break "watch ended".to_string(),
                 },
                 changed = link.changed() => {
                     if changed.is_err() { return; }
                     let now = *link.borrow_and_update();
                     // The watch's ordered consumer recovers by itself after a reconnect, but only
-                    // if the server kept its store. A server with an older store needs a full reload.
-                    if now == Link::Connected && store_went_back(&store, &snap).await {
-                        tracing::warn!("state cache: the bucket is older than the cache (store replaced?); reloading");
-                        break;
+                    // if the server kept its store. Until that is known, the cache is not ready.
+                    if now == Link::Connected {
+                        shared.watching.store(false, Ordering::SeqCst);
+                        if !same_store(&store, &identity, &snap, &link).await {
+                            break "the server came back with a different store".to_string();
+                        }
+                        shared.watching.store(true, Ordering::SeqCst);
                     }
                 }
             }
-        }
+        };
+        tracing::warn!(reason = %why, version = snap.version(), "state cache: resynchronising");
         shared.watching.store(false, Ordering::SeqCst);
         shared.metrics.resyncs.inc();
         tokio::time::sleep(retry_delay(1)).await;
     }
 }
 
-async fn store_went_back(store: &StateStore, snap: &Snapshot) -> bool {
-    matches!(store.version().await, Ok(v) if v < snap.version())
+/// Asks, until it gets an answer (or the link drops again), whether the bucket is still the one
+/// the cache was loaded from: same creation time and not behind the cache's version.
+async fn same_store(
+    store: &StateStore,
+    identity: &StoreIdentity,
+    snap: &Snapshot,
+    link: &tokio::sync::watch::Receiver<Link>,
+) -> bool {
+    let mut attempt = 0;
+    loop {
+        match store.kv().stream.get_info().await {
+            Ok(info) => return info.created == *identity && info.state.last_sequence >= snap.version(),
+            Err(e) => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "state cache: checking the bucket after a reconnect");
+                if *link.borrow() != Link::Connected {
+                    // Disconnected again: the next reconnect checks afresh.
+                    return true;
+                }
+                tokio::time::sleep(retry_delay(attempt)).await;
+            }
+        }
+    }
 }
 
-/// Continues from the next revision, or reloads from scratch if the bucket went back in time.
-async fn resume(store: &StateStore, shared: &Shared, snap: &mut Snapshot) -> Result<kv::Watch> {
-    if store.version().await? < snap.version() {
-        let (fresh, w) = cold_load(store, &shared.metrics).await?;
+/// Continues from the next revision, or reloads from scratch if the bucket is not the one the
+/// cache holds (recreated, or behind it).
+async fn resume(
+    store: &StateStore,
+    shared: &Shared,
+    snap: &mut Snapshot,
+    identity: &mut StoreIdentity,
+) -> Result<kv::Watch> {
+    let info = store.kv().stream.get_info().await.map_err(|e| Error::nats("bucket info", e))?;
+    if info.created != *identity || info.state.last_sequence < snap.version() {
+        let (fresh, w, id) = cold_load(store, &shared.metrics).await?;
+        tracing::warn!(old = snap.version(), new = fresh.version(), "state cache: reloaded from a different store");
         *snap = fresh;
-        shared.publish(snap.clone());
+        *identity = id;
+        shared.publish_with(snap.clone(), true);
         return Ok(w);
     }
     store.kv().watch_all_from_revision(snap.version() + 1).await.map_err(|e| Error::nats("watch", e))

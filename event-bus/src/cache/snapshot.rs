@@ -11,7 +11,10 @@ use crate::keys::{Key, Record};
 use crate::model::*;
 
 type Table<T> = OrdMap<String, Arc<T>>;
-type Multi = OrdMap<String, OrdSet<String>>;
+/// An index whose key may be shared (two containers briefly holding one IP, two stacks with one
+/// name): every owner is kept, and a lookup answers the smallest id among them.
+type MultiBy<K> = OrdMap<K, OrdSet<String>>;
+type Multi = MultiBy<String>;
 
 /// The state of an environment at [`Snapshot::version`]. Names are indexed lowercased
 /// (Rancher's 2016-07-29 API lowercases them); lookups lowercase their argument.
@@ -32,13 +35,13 @@ pub struct Snapshot {
     /// Keys whose newest value did not parse, with the reason (the previous value, if any, is kept).
     invalid: OrdMap<String, String>,
 
-    host_by_name: OrdMap<String, String>,
-    stack_by_name: OrdMap<String, String>,
-    /// `(stack uuid, lowercased service name)` → service uuid.
-    service_by_name: OrdMap<(String, String), String>,
+    host_by_name: Multi,
+    stack_by_name: Multi,
+    /// `(stack uuid, lowercased service name)` → service uuids.
+    service_by_name: MultiBy<(String, String)>,
     services_by_stack: Multi,
-    container_by_name: OrdMap<String, String>,
-    container_by_ip: OrdMap<String, String>,
+    container_by_name: Multi,
+    container_by_ip: Multi,
     containers_by_service: Multi,
     containers_by_host: Multi,
     containers_by_stack: Multi,
@@ -65,13 +68,17 @@ fn ids<'a>(m: &'a Multi, k: &str) -> impl Iterator<Item = String> + 'a {
     m.get(k).into_iter().flat_map(|s| s.iter().cloned())
 }
 
-fn multi_add(m: &mut Multi, k: Option<&String>, id: &str) {
+fn first<'m, K: Ord + Clone>(m: &'m MultiBy<K>, k: &K) -> Option<&'m String> {
+    m.get(k).and_then(|set| set.get_min())
+}
+
+fn multi_add<K: Ord + Clone>(m: &mut MultiBy<K>, k: Option<&K>, id: &str) {
     if let Some(k) = k {
         m.entry(k.clone()).or_default().insert(id.to_string());
     }
 }
 
-fn multi_remove(m: &mut Multi, k: Option<&String>, id: &str) {
+fn multi_remove<K: Ord + Clone>(m: &mut MultiBy<K>, k: Option<&K>, id: &str) {
     if let Some(k) = k {
         if let Some(set) = m.get_mut(k) {
             set.remove(id);
@@ -88,13 +95,6 @@ fn container_ips(c: &Container) -> impl Iterator<Item = &String> {
     primary.into_iter().chain(c.ips.iter().filter(move |ip| !ip.is_empty() && Some(*ip) != primary))
 }
 
-/// Removes a unique-index entry only if it still points at `id` (a later duplicate may own it).
-fn unique_remove<K: Ord + Clone>(m: &mut OrdMap<K, String>, k: &K, id: &str) {
-    if m.get(k).is_some_and(|v| v == id) {
-        m.remove(k);
-    }
-}
-
 impl Snapshot {
     /// The bucket revision this snapshot reflects.
     pub fn version(&self) -> u64 {
@@ -108,7 +108,7 @@ impl Snapshot {
         self.hosts.get(uuid)
     }
     pub fn host_by_name(&self, name: &str) -> Option<&Arc<Host>> {
-        self.host_by_name.get(&lc(name)).and_then(|id| self.hosts.get(id))
+        first(&self.host_by_name, &lc(name)).and_then(|id| self.hosts.get(id))
     }
     pub fn hosts(&self) -> impl Iterator<Item = &Arc<Host>> {
         self.hosts.values()
@@ -118,7 +118,7 @@ impl Snapshot {
         self.stacks.get(uuid)
     }
     pub fn stack_by_name(&self, name: &str) -> Option<&Arc<Stack>> {
-        self.stack_by_name.get(&lc(name)).and_then(|id| self.stacks.get(id))
+        first(&self.stack_by_name, &lc(name)).and_then(|id| self.stacks.get(id))
     }
     pub fn stacks(&self) -> impl Iterator<Item = &Arc<Stack>> {
         self.stacks.values()
@@ -128,7 +128,7 @@ impl Snapshot {
         self.services.get(uuid)
     }
     pub fn service_by_name(&self, stack_uuid: &str, name: &str) -> Option<&Arc<Service>> {
-        self.service_by_name.get(&(stack_uuid.to_string(), lc(name))).and_then(|id| self.services.get(id))
+        first(&self.service_by_name, &(stack_uuid.to_string(), lc(name))).and_then(|id| self.services.get(id))
     }
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
@@ -141,11 +141,11 @@ impl Snapshot {
         self.containers.get(uuid)
     }
     pub fn container_by_name(&self, name: &str) -> Option<&Arc<Container>> {
-        self.container_by_name.get(&lc(name)).and_then(|id| self.containers.get(id))
+        first(&self.container_by_name, &lc(name)).and_then(|id| self.containers.get(id))
     }
     /// The container that holds `ip` (its primary IP or one of its `ips`).
     pub fn container_by_ip(&self, ip: &str) -> Option<&Arc<Container>> {
-        self.container_by_ip.get(ip).and_then(|id| self.containers.get(id))
+        first(&self.container_by_ip, &ip.to_string()).and_then(|id| self.containers.get(id))
     }
     pub fn containers(&self) -> impl Iterator<Item = &Arc<Container>> {
         self.containers.values()
@@ -241,25 +241,25 @@ impl Snapshot {
             Some(Record::Environment(d)) => self.environment = Some(Arc::new(d)),
             Some(Record::Host(d)) => {
                 self.remove(key);
-                self.host_by_name.insert(lc(&d.name), id.to_string());
+                multi_add(&mut self.host_by_name, Some(&lc(&d.name)), id);
                 self.hosts.insert(id.to_string(), Arc::new(d));
             }
             Some(Record::Stack(d)) => {
                 self.remove(key);
-                self.stack_by_name.insert(lc(&d.name), id.to_string());
+                multi_add(&mut self.stack_by_name, Some(&lc(&d.name)), id);
                 self.stacks.insert(id.to_string(), Arc::new(d));
             }
             Some(Record::Service(d)) => {
                 self.remove(key);
-                self.service_by_name.insert((d.stack_uuid.clone(), lc(&d.name)), id.to_string());
+                multi_add(&mut self.service_by_name, Some(&(d.stack_uuid.clone(), lc(&d.name))), id);
                 multi_add(&mut self.services_by_stack, Some(&d.stack_uuid), id);
                 self.services.insert(id.to_string(), Arc::new(d));
             }
             Some(Record::Container(d)) => {
                 self.remove(key);
-                self.container_by_name.insert(lc(&d.name), id.to_string());
+                multi_add(&mut self.container_by_name, Some(&lc(&d.name)), id);
                 for ip in container_ips(&d) {
-                    self.container_by_ip.insert(ip.clone(), id.to_string());
+                    multi_add(&mut self.container_by_ip, Some(ip), id);
                 }
                 multi_add(&mut self.containers_by_service, d.service_uuid.as_ref(), id);
                 multi_add(&mut self.containers_by_host, d.host_uuid.as_ref(), id);
@@ -283,25 +283,25 @@ impl Snapshot {
             F::Environment => self.environment = None,
             F::Host => {
                 if let Some(old) = self.hosts.remove(id) {
-                    unique_remove(&mut self.host_by_name, &lc(&old.name), id);
+                    multi_remove(&mut self.host_by_name, Some(&lc(&old.name)), id);
                 }
             }
             F::Stack => {
                 if let Some(old) = self.stacks.remove(id) {
-                    unique_remove(&mut self.stack_by_name, &lc(&old.name), id);
+                    multi_remove(&mut self.stack_by_name, Some(&lc(&old.name)), id);
                 }
             }
             F::Service => {
                 if let Some(old) = self.services.remove(id) {
-                    unique_remove(&mut self.service_by_name, &(old.stack_uuid.clone(), lc(&old.name)), id);
+                    multi_remove(&mut self.service_by_name, Some(&(old.stack_uuid.clone(), lc(&old.name))), id);
                     multi_remove(&mut self.services_by_stack, Some(&old.stack_uuid), id);
                 }
             }
             F::Container => {
                 if let Some(old) = self.containers.remove(id) {
-                    unique_remove(&mut self.container_by_name, &lc(&old.name), id);
+                    multi_remove(&mut self.container_by_name, Some(&lc(&old.name)), id);
                     for ip in container_ips(&old) {
-                        unique_remove(&mut self.container_by_ip, ip, id);
+                        multi_remove(&mut self.container_by_ip, Some(ip), id);
                     }
                     multi_remove(&mut self.containers_by_service, old.service_uuid.as_ref(), id);
                     multi_remove(&mut self.containers_by_host, old.host_uuid.as_ref(), id);
@@ -358,5 +358,20 @@ mod tests {
         assert_eq!(s.containers_of_service("sv1").count(), 0);
         // An older snapshot is untouched by changes to a newer one.
         assert_eq!(before.containers_of_service("sv1").count(), 1);
+    }
+
+    #[test]
+    fn a_shared_ip_or_name_keeps_its_other_owner() {
+        let mut s = Snapshot::default();
+        put(&mut s, Record::Container(fixtures::container("a", "web-1", "sv1", "st1", "h1", "10.42.0.5")));
+        put(&mut s, Record::Container(fixtures::container("b", "web-1", "sv1", "st1", "h1", "10.42.0.5")));
+        assert_eq!(s.container_by_ip("10.42.0.5").unwrap().uuid, "a", "the smallest id answers");
+        s.apply(&"container.a".parse().unwrap(), None);
+        assert_eq!(s.container_by_ip("10.42.0.5").unwrap().uuid, "b");
+        assert_eq!(s.container_by_name("web-1").unwrap().uuid, "b");
+        put(&mut s, Record::Stack(fixtures::stack("s1", "app")));
+        put(&mut s, Record::Stack(fixtures::stack("s2", "App")));
+        s.apply(&"stack.s1".parse().unwrap(), None);
+        assert_eq!(s.stack_by_name("app").unwrap().uuid, "s2");
     }
 }

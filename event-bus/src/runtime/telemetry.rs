@@ -42,9 +42,13 @@ pub fn init(service: &'static str, format: LogFormat, filter: &str) -> anyhow::R
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => EnvFilter::try_new(f)?,
         _ => EnvFilter::try_new(filter)?,
-    };
+    }
+    // async-nats prints its connect options, credentials included, at debug level: never let
+    // those lines through, whatever filter was asked for.
+    .add_directive("async_nats=info".parse()?);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
     };
     tracing_subscriber::registry()

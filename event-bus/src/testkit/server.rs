@@ -132,6 +132,13 @@ impl NatsServer {
         }
     }
 
+    /// Kills the server and deletes its JetStream store: the next `restart` comes up empty, as a
+    /// server replaced by a fresh one would.
+    pub fn kill_and_wipe(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.join("jetstream"));
+    }
+
     /// Starts the server again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
