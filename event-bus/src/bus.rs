@@ -93,6 +93,8 @@ impl Bus {
     /// start after us) and reconnecting forever afterwards.
     pub async fn connect(opts: &NatsOptions, env: &str, initial_timeout: Duration) -> Result<Bus> {
         let (tx, rx) = watch::channel(Link::Disconnected);
+        // Set when the server refuses our credentials: retrying will not help the first connect.
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tx = Arc::new(tx);
         let mut co = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
@@ -101,8 +103,10 @@ impl Bus {
             .reconnect_delay_callback(backoff)
             .event_callback({
                 let tx = tx.clone();
+                let refused = refused.clone();
                 move |event| {
                     let tx = tx.clone();
+                    let refused = refused.clone();
                     async move {
                         match event {
                             async_nats::Event::Connected => {
@@ -112,6 +116,16 @@ impl Bus {
                             async_nats::Event::Disconnected => {
                                 tracing::warn!("NATS disconnected; serving the last state while reconnecting");
                                 tx.send_replace(Link::Disconnected);
+                            }
+                            async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                                tracing::warn!("NATS refused the credentials (authorization violation)");
+                                refused.store(true, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            async_nats::Event::ClientError(async_nats::ClientError::Other(msg))
+                                if msg.contains("authorization violation") =>
+                            {
+                                tracing::warn!("NATS refused the credentials (authorization violation)");
+                                refused.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
                             other => tracing::debug!(event = %other, "NATS event"),
                         }
@@ -150,13 +164,25 @@ impl Bus {
         let url = redact_url(&opts.url);
         // With retry_on_initial_connect the client comes back at once and connects in the
         // background; wait for the first connection so callers start from a known state.
-        let addrs = server_addrs(&opts.url).map_err(|e| Error::Connect { url: url.clone(), source: Box::new(e) })?;
+        let (addrs, url_auth) =
+            server_addrs(&opts.url).map_err(|e| Error::Connect { url: url.clone(), source: Box::new(e) })?;
+        // Flags win over credentials written into the URL.
+        if opts.user.is_none() && opts.token.is_none() {
+            co = match url_auth {
+                Some(UrlAuth::UserPassword(u, p)) => co.user_and_password(u, p),
+                Some(UrlAuth::Token(t)) => co.token(t),
+                None => co,
+            };
+        }
         let client = co.connect(addrs).await.map_err(|e| Error::Connect { url: url.clone(), source: Box::new(e) })?;
         let mut connected = rx.clone();
         let waited = tokio::time::timeout(initial_timeout, async {
             loop {
                 if client.connection_state() == async_nats::connection::State::Connected {
-                    return;
+                    return Ok(());
+                }
+                if refused.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(());
                 }
                 tokio::select! {
                     _ = connected.changed() => {}
@@ -165,11 +191,22 @@ impl Bus {
             }
         })
         .await;
-        if waited.is_err() {
-            return Err(Error::Connect {
-                url,
-                source: format!("no server answered within {initial_timeout:?}").into(),
-            });
+        match waited {
+            Ok(Ok(())) => {}
+            Ok(Err(())) => {
+                return Err(Error::Connect {
+                    url,
+                    source: "authorization violation: the server refused the credentials \
+                             (--nats-user/--nats-password, --nats-token, --nats-creds, --nats-nkey)"
+                        .into(),
+                })
+            }
+            Err(_) => {
+                return Err(Error::Connect {
+                    url,
+                    source: format!("no server answered within {initial_timeout:?}").into(),
+                })
+            }
         }
         tx.send_replace(Link::Connected);
         let version = client.server_info().version;
@@ -215,9 +252,31 @@ impl Bus {
     }
 }
 
-/// `nats://a:4222,nats://b:4222` → one address per server.
-fn server_addrs(urls: &str) -> std::io::Result<Vec<async_nats::ServerAddr>> {
-    urls.split(',').map(|u| u.trim().parse::<async_nats::ServerAddr>()).collect()
+/// Credentials found in a URL (`nats://user:pass@host`, or `nats://token@host`).
+enum UrlAuth {
+    UserPassword(String, String),
+    Token(String),
+}
+
+/// `nats://a:4222,nats://b:4222` → one address per server, with any user info taken out (so no
+/// credentials travel inside addresses that get logged) and returned separately.
+fn server_addrs(urls: &str) -> std::io::Result<(Vec<async_nats::ServerAddr>, Option<UrlAuth>)> {
+    let mut auth = None;
+    let mut addrs = Vec::new();
+    for u in urls.split(',') {
+        let addr = u.trim().parse::<async_nats::ServerAddr>()?;
+        if let Some(user) = addr.username().filter(|u| !u.is_empty()) {
+            auth = Some(match addr.password() {
+                Some(p) => UrlAuth::UserPassword(user.to_string(), p.to_string()),
+                None => UrlAuth::Token(user.to_string()),
+            });
+        }
+        let url = addr.into_inner();
+        let bare =
+            format!("{}://{}:{}", url.scheme(), url.host_str().unwrap_or("127.0.0.1"), url.port().unwrap_or(4222));
+        addrs.push(bare.parse::<async_nats::ServerAddr>()?);
+    }
+    Ok((addrs, auth))
 }
 
 /// Reconnect delays: 100 ms doubling to 5 s.
@@ -238,10 +297,7 @@ pub fn validate_env(env: &str) -> Result<()> {
     if !env.is_empty() && env.len() <= 64 && env.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         Ok(())
     } else {
-        Err(Error::InvalidKey {
-            key: env.to_string(),
-            reason: "an environment name is 1-64 characters of A-Z a-z 0-9 - _".into(),
-        })
+        Err(Error::InvalidEnvironment { env: env.to_string() })
     }
 }
 

@@ -10,6 +10,10 @@ pub enum Error {
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },
 
+    /// An environment name that cannot be part of bucket, stream and subject names.
+    #[error("invalid environment name {env:?} (--env): expected 1-64 characters of A-Z a-z 0-9 - _")]
+    InvalidEnvironment { env: String },
+
     /// A value does not match the model of its key family.
     #[error("invalid {family} document for key {key:?}: field `{field}`: {reason}")]
     InvalidDocument { family: Family, key: String, field: String, reason: String },

@@ -50,6 +50,13 @@ macro_rules! families {
         pub enum Record { $( $variant($ty), )* }
 
         impl Record {
+            /// Strict problems (unknown fields, bad addresses, unknown kinds), for documents a person wrote.
+            pub fn problems(&self) -> Vec<Problem> {
+                let mut out = Vec::new();
+                match self { $( Record::$variant(d) => d.check("", &mut out), )* }
+                out
+            }
+
             pub fn family(&self) -> Family {
                 match self { $( Record::$variant(_) => Family::$variant, )* }
             }

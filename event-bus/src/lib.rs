@@ -29,4 +29,4 @@ pub use cache::{Snapshot, Stamp, StateCache};
 pub use error::{Error, Result};
 pub use events::{Event, Events, Received};
 pub use keys::{Document, Family, Key, Record};
-pub use store::{provision, Provision, StateStore, Versioned};
+pub use store::{provision, Change, Provision, StateStore, Versioned};

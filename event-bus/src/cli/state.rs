@@ -15,16 +15,24 @@ use crate::store::StateStore;
 pub enum StateCommand {
     /// Print the document stored under KEY (`<family>.<id>`, e.g. `service.web`).
     Get {
+        /// `<family>.<id>`, e.g. `service.web`.
         key: String,
+        /// Print certificate private keys instead of `<redacted>`.
+        #[arg(long, env = "CORRAL_SHOW_SECRETS")]
+        show_secrets: bool,
         #[arg(long, short, env = "CORRAL_OUTPUT", value_enum, default_value_t = Output::Json)]
         output: Output,
     },
     /// Validate a JSON or YAML document against the model and store it under KEY.
     /// Nothing is written when the document is invalid.
     Put {
+        /// `<family>.<id>`, e.g. `service.web`; the document's id field must match `<id>`.
         key: String,
-        /// The document; `-` or nothing reads standard input.
+        /// The document (JSON or YAML); `-` or nothing reads standard input.
         file: Option<PathBuf>,
+        /// Accept fields the model does not know (normally refused as likely typos); they are stored as given.
+        #[arg(long, env = "CORRAL_STATE_ALLOW_UNKNOWN")]
+        allow_unknown: bool,
         /// Only create: fail if KEY exists.
         #[arg(long, env = "CORRAL_STATE_CREATE", conflicts_with = "if_revision")]
         create: bool,
@@ -33,12 +41,18 @@ pub enum StateCommand {
         if_revision: Option<u64>,
     },
     /// Delete KEY.
-    Delete { key: String },
+    Delete {
+        /// `<family>.<id>`, e.g. `container.web-1`.
+        key: String,
+    },
     /// Print every document (optionally of one family) with the environment version.
     Dump {
         /// Only this key family (host, stack, service, container, status, health, …).
         #[arg(long, env = "CORRAL_STATE_FAMILY")]
         family: Option<Family>,
+        /// Print certificate private keys instead of `<redacted>`.
+        #[arg(long, env = "CORRAL_SHOW_SECRETS")]
+        show_secrets: bool,
         #[arg(long, short, env = "CORRAL_OUTPUT", value_enum, default_value_t = Output::Json)]
         output: Output,
     },
@@ -50,6 +64,9 @@ pub enum StateCommand {
         /// Exit after this many changes.
         #[arg(long, env = "CORRAL_STATE_COUNT")]
         count: Option<usize>,
+        /// Print certificate private keys instead of `<redacted>`.
+        #[arg(long, env = "CORRAL_SHOW_SECRETS")]
+        show_secrets: bool,
         #[arg(long, short, env = "CORRAL_OUTPUT", value_enum, default_value_t = Output::Json)]
         output: Output,
     },
@@ -58,19 +75,19 @@ pub enum StateCommand {
 pub async fn run(common: &CommonArgs, cmd: StateCommand) -> anyhow::Result<()> {
     // Validate what we can before touching the network.
     let parsed_put = match &cmd {
-        StateCommand::Put { key, file, .. } => Some(read_document(key, file.as_ref())?),
+        StateCommand::Put { key, file, allow_unknown, .. } => Some(read_document(key, file.as_ref(), *allow_unknown)?),
         _ => None,
     };
     let bus = connect(common).await?;
     let store = StateStore::open(&bus).await?;
     match cmd {
-        StateCommand::Get { key, output } => {
+        StateCommand::Get { key, output, show_secrets } => {
             let key: Key = key.parse()?;
             match store.get_raw(&key).await? {
                 None => anyhow::bail!("key {key} not found in bucket {}", store.bucket()),
                 Some(v) => {
                     let record = decode(&key, &v.value)?;
-                    output.print(&record)?;
+                    output.print(&shown(&record, show_secrets)?)?;
                 }
             }
         }
@@ -109,12 +126,12 @@ pub async fn run(common: &CommonArgs, cmd: StateCommand) -> anyhow::Result<()> {
             store.delete(&key).await?;
             println!("deleted {key}");
         }
-        StateCommand::Dump { family, output } => {
+        StateCommand::Dump { family, output, show_secrets } => {
             let cache = StateCache::start(&bus, &Metrics::new()).await?;
             let snap = cache.snapshot();
             let mut records = Map::new();
             for (key, record) in snap.records().into_iter().filter(|(k, _)| family.is_none_or(|f| k.family == f)) {
-                records.insert(key.to_string(), serde_json::to_value(&record)?);
+                records.insert(key.to_string(), shown(&record, show_secrets)?);
             }
             let invalid: Map<String, Value> =
                 snap.invalid().map(|(k, why)| (k.clone(), Value::String(why.clone()))).collect();
@@ -124,26 +141,23 @@ pub async fn run(common: &CommonArgs, cmd: StateCommand) -> anyhow::Result<()> {
             }
             output.print(&doc)?;
         }
-        StateCommand::Watch { from_revision, count, output } => {
-            let mut watch = match from_revision {
-                Some(rev) => store.kv().watch_all_from_revision(rev + 1).await,
-                None => store.kv().watch_with_history(">").await,
-            }
-            .map_err(|e| Error::Nats { op: "watch", source: Box::new(e) })?;
+        StateCommand::Watch { from_revision, count, output, show_secrets } => {
+            let mut changes = store.watch(from_revision).await?;
             let mut seen = 0usize;
             while count.is_none_or(|c| seen < c) {
-                let Some(entry) = watch.next().await else { break };
-                let entry = entry.map_err(|e| Error::Nats { op: "watch", source: Box::new(e) })?;
-                let mut line = json!({ "revision": entry.revision, "key": entry.key });
-                match entry.operation {
-                    async_nats::jetstream::kv::Operation::Put => {
+                let Some(change) = changes.next().await else { break };
+                let change = change?;
+                let mut line = json!({ "revision": change.revision, "key": change.key });
+                match change.record {
+                    Ok(Some(record)) => {
                         line["op"] = "put".into();
-                        match entry.key.parse::<Key>().and_then(|k| decode(&k, &entry.value)) {
-                            Ok(record) => line["value"] = serde_json::to_value(&record)?,
-                            Err(e) => line["error"] = e.to_string().into(),
-                        }
+                        line["value"] = shown(&record, show_secrets)?;
                     }
-                    _ => line["op"] = "delete".into(),
+                    Ok(None) => line["op"] = "delete".into(),
+                    Err(e) => {
+                        line["op"] = "put".into();
+                        line["error"] = e.to_string().into();
+                    }
                 }
                 output.print_line(&line)?;
                 seen += 1;
@@ -153,12 +167,21 @@ pub async fn run(common: &CommonArgs, cmd: StateCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A record as printed: certificate private keys are redacted unless asked for.
+fn shown(record: &crate::keys::Record, show_secrets: bool) -> anyhow::Result<Value> {
+    let mut v = serde_json::to_value(record)?;
+    if record.family() == Family::Certificate && !show_secrets {
+        v["key"] = Value::String("<redacted>".into());
+    }
+    Ok(v)
+}
+
 fn record_key(record: &crate::keys::Record) -> String {
     format!("{}.{}", record.family().prefix(), record.id())
 }
 
 /// Reads and validates the document for `put`; the error names the file, line or field.
-fn read_document(key: &str, file: Option<&PathBuf>) -> anyhow::Result<crate::keys::Record> {
+fn read_document(key: &str, file: Option<&PathBuf>, allow_unknown: bool) -> anyhow::Result<crate::keys::Record> {
     let key: Key = key.parse()?;
     let (name, text) = match file.filter(|f| f.as_os_str() != "-") {
         Some(path) => (
@@ -174,8 +197,23 @@ fn read_document(key: &str, file: Option<&PathBuf>) -> anyhow::Result<crate::key
     let value: Value = if yaml {
         serde_norway::from_str(&text).map_err(|e| anyhow::anyhow!("{name}: not valid YAML: {e}"))?
     } else {
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{name}: not valid JSON: line {}, column {}: {e}", e.line(), e.column()))?
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{name}: not valid JSON: {e}"))?
     };
-    decode_value(&key, value).map_err(|e| anyhow::anyhow!("{name}: {e}; nothing was written"))
+    let record = decode_value(&key, value).map_err(|e| anyhow::anyhow!("{name}: {e}; nothing was written"))?;
+    let problems: Vec<_> =
+        record.problems().into_iter().filter(|p| !(allow_unknown && p.reason.starts_with("unknown field"))).collect();
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| format!("field `{}`: {}", p.field, p.reason)).collect();
+        let hint = if problems.iter().any(|p| p.reason.starts_with("unknown field")) {
+            " (--allow-unknown stores unknown fields as given)"
+        } else {
+            ""
+        };
+        anyhow::bail!(
+            "{name}: invalid {} document for key \"{key}\": {}; nothing was written{hint}",
+            key.family,
+            list.join("; ")
+        );
+    }
+    Ok(record)
 }

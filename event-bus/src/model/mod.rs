@@ -6,6 +6,7 @@
 //! component survives a read-modify-write by an older one.
 
 mod certificate;
+mod check;
 mod container;
 mod environment;
 mod host;
@@ -14,6 +15,7 @@ mod stack;
 mod volume;
 
 pub use certificate::{Certificate, PrivateKey};
+pub use check::{Check, Problem};
 pub use container::{Container, ContainerHealth, ContainerStatus};
 pub use environment::{Environment, Fqdn, Lease};
 pub use host::Host;

@@ -35,9 +35,20 @@ impl NatsServer {
     }
 
     pub fn try_start() -> Result<NatsServer, String> {
+        Self::try_start_with("")
+    }
+
+    /// Starts a standalone server with extra configuration appended, e.g. an
+    /// `authorization { … }` block.
+    pub fn start_with(extra_config: &str) -> NatsServer {
+        Self::try_start_with(extra_config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start_with(extra_config: &str) -> Result<NatsServer, String> {
         let tmp = tempfile::Builder::new().prefix("corral-nats-").tempdir().map_err(|e| e.to_string())?;
         let dir = tmp.path().to_path_buf();
-        let mut s = Self::prepare(find_nats_server()?, dir, Some(tmp), "corral-test".into(), free_port(), None)?;
+        let extra = (!extra_config.is_empty()).then(|| extra_config.to_string());
+        let mut s = Self::prepare(find_nats_server()?, dir, Some(tmp), "corral-test".into(), free_port(), extra)?;
         s.start_process()?;
         Ok(s)
     }
