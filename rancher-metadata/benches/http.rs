@@ -163,14 +163,19 @@ fn main() {
         let delays = rt.block_on(async {
             let version = reqwest::get(format!("{base}/latest/version")).await.unwrap().text().await.unwrap();
             let mut tasks = tokio::task::JoinSet::new();
+            // Open the connections a few hundred at a time, as clients arriving over a moment would.
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
             for _ in 0..WAITERS {
                 let v = version.clone();
+                let gate = gate.clone();
                 tasks.spawn(async move {
-                    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                    let permit = gate.acquire_owned().await.unwrap();
+                    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
                     let req = format!("GET /latest/version?wait=true&value={v}&maxWait=120 HTTP/1.0\r\n\r\n");
-                    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.unwrap();
+                    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.expect("send");
+                    drop(permit);
                     let mut raw = Vec::new();
-                    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw).await.unwrap();
+                    tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw).await.expect("answer");
                     Instant::now()
                 });
             }

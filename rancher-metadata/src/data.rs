@@ -19,8 +19,29 @@ enum Callers {
     Static(BTreeMap<String, BTreeMap<String, Arc<Value>>>),
 }
 
+/// What identifies a rendered answer that does not depend on the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RenderKey {
+    pub version: String,
+    pub path: Vec<String>,
+    /// `/services/<name>` depends on the caller's stack.
+    pub prefer_stack: Option<String>,
+    pub format: crate::render::Format,
+}
+
+/// Rendered answers kept per generation (a few thousand distinct paths at most in practice).
+const MAX_RENDERED: usize = 4096;
+const MAX_RENDERED_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct RenderCache {
+    bodies: HashMap<RenderKey, bytes::Bytes>,
+    bytes: usize,
+}
+
 /// One immutable generation of answers. Requests hold an `Arc<Data>` for their whole life.
 pub struct Data {
+    rendered: Mutex<RenderCache>,
     /// Changes exactly when some answer changes; what long-poll waiters wait on.
     pub generation: u64,
     /// The `/version` token (environment version of the last change that altered answers).
@@ -36,10 +57,25 @@ impl Data {
     /// Nothing loaded yet: every version path answers 404, as the original before its first load.
     pub fn empty() -> Data {
         Data {
+            rendered: Default::default(),
             generation: 0,
             token: String::new(),
             defaults: BTreeMap::new(),
             callers: Callers::Static(BTreeMap::new()),
+        }
+    }
+
+    /// A caller-independent answer rendered earlier in this generation.
+    pub fn rendered(&self, key: &RenderKey) -> Option<bytes::Bytes> {
+        self.rendered.lock().expect("render cache poisoned").bodies.get(key).cloned()
+    }
+
+    /// Keeps a rendered answer for the rest of this generation, within the cache's bounds.
+    pub fn remember(&self, key: RenderKey, body: bytes::Bytes) {
+        let mut c = self.rendered.lock().expect("render cache poisoned");
+        if c.bodies.len() < MAX_RENDERED && c.bytes + body.len() <= MAX_RENDERED_BYTES {
+            c.bytes += body.len();
+            c.bodies.insert(key, body);
         }
     }
 
@@ -111,6 +147,7 @@ impl Data {
             defaults.insert("latest".into(), v3);
         }
         Some(Data {
+            rendered: Default::default(),
             generation: previous.generation + 1,
             token,
             defaults,
@@ -151,7 +188,13 @@ impl Data {
             }
         }
         let generation = previous.generation + 1;
-        Ok(Some(Data { generation, token: generation.to_string(), defaults, callers: Callers::Static(callers) }))
+        Ok(Some(Data {
+            rendered: Default::default(),
+            generation,
+            token: generation.to_string(),
+            defaults,
+            callers: Callers::Static(callers),
+        }))
     }
 }
 

@@ -72,9 +72,17 @@ async fn main() -> anyhow::Result<()> {
     let admin_addr = args.common.admin_addr.unwrap_or(DEFAULT_ADMIN.parse().expect("valid default"));
     let _admin = admin::AdminServer::start(admin_addr, metrics, readiness).await.context("admin server")?;
 
-    let listener =
-        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "metadata API listening");
     server::serve(listener, app, shutdown::signal()).await;
     Ok(())
+}
+
+/// A listener with a deep accept queue: thousands of long-poll clients reconnect at once after a
+/// change, and the default backlog would drop some of their connections.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
 }

@@ -82,8 +82,8 @@ pub fn router(app: Arc<App>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(app)
 }
 
-fn response(status: StatusCode, body: String, error: bool) -> Response {
-    let mut r = Response::new(Body::from(body));
+fn response(status: StatusCode, body: impl Into<Body>, error: bool) -> Response {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -156,7 +156,7 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
 
 async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return response(StatusCode::NOT_FOUND, "404 page not found\n".into(), true);
+        return response(StatusCode::NOT_FOUND, "404 page not found\n", true);
     }
     let format = Format::from_accept(req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let path = req.uri().path();
@@ -187,7 +187,7 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
         return response(StatusCode::NOT_FOUND, error_body(404, "Not found", format), true);
     }
     if segments.first().map(String::as_str) == Some("favicon.ico") {
-        return response(StatusCode::NOT_FOUND, "404 page not found\n".into(), true);
+        return response(StatusCode::NOT_FOUND, "404 page not found\n", true);
     }
     let Some((version, rest)) = segments.split_first() else {
         let data = app.data();
@@ -197,15 +197,6 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
     };
     let ip = client_ip(peer, req.headers(), app.xff);
     let query = parse_query(req.uri().query());
-
-    let lookup = |data: &Data| -> Result<Option<Value>, ()> {
-        let default = data.default_tree(version).ok_or(())?;
-        let own = data.caller(version, &ip);
-        let stack = own.as_deref().and_then(|o| o.pointer("/self/stack/name")).and_then(Value::as_str);
-        let view = View { own: own.as_deref(), default, prefer_stack: stack };
-        Ok(view.get(rest).map(|v| v.into_owned()))
-    };
-
     let mut rx = app.generation.subscribe();
     let deadline = tokio::time::Instant::now() + query.max_wait;
     let long_poll = query.wait && query.value.is_some();
@@ -213,22 +204,20 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
     loop {
         rx.borrow_and_update();
         let data = app.data();
-        let found = match lookup(&data) {
-            Ok(found) => found,
-            Err(()) if data.generation == 0 && !long_poll => {
-                return response(StatusCode::NOT_FOUND, error_body(404, "Not found", format), true)
-            }
-            Err(()) if data.generation > 0 => {
+        let outcome = resolve(&data, version, rest, &ip, format, long_poll);
+        let (found, text) = match outcome {
+            Outcome::InvalidVersion if data.generation > 0 => {
                 return response(StatusCode::NOT_FOUND, error_body(404, "Invalid version", format), true)
             }
-            Err(()) => None,
+            Outcome::InvalidVersion | Outcome::Missing => (None, None),
+            Outcome::Found { body, text } => (Some(body), text),
         };
         let done = !long_poll
-            || matches!((&found, &query.value), (Some(v), Some(want)) if scalar_text(v) != *want)
+            || matches!((&text, &query.value), (Some(t), Some(want)) if t != want)
             || tokio::time::Instant::now() >= deadline;
         if done {
             return match found {
-                Some(v) => response(StatusCode::OK, render(&v, format), false),
+                Some(body) => response(StatusCode::OK, body, false),
                 None => response(StatusCode::NOT_FOUND, error_body(404, "Not found", format), true),
             };
         }
@@ -237,6 +226,48 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+enum Outcome {
+    InvalidVersion,
+    Missing,
+    /// The rendered body, and (for long-poll) the value's text to compare with `value=`.
+    Found {
+        body: bytes::Bytes,
+        text: Option<String>,
+    },
+}
+
+/// Looks the path up for one caller and renders it, without copying the tree: answers that do
+/// not depend on the caller are rendered once per generation and then served from a cache.
+fn resolve(data: &Data, version: &str, rest: &[String], ip: &str, format: Format, long_poll: bool) -> Outcome {
+    let Some(default) = data.default_tree(version) else { return Outcome::InvalidVersion };
+    let own = data.caller(version, ip);
+    let stack = own.as_deref().and_then(|o| o.pointer("/self/stack/name")).and_then(Value::as_str);
+    // An answer is the same for every caller when the caller's own entry does not hold its
+    // top-level key (in either case: lookups retry lowercased).
+    let shared = rest.first().is_some_and(|first| {
+        own.as_deref().is_none_or(|o| o.get(first.as_str()).is_none() && o.get(first.to_lowercase().as_str()).is_none())
+    });
+    let key = shared.then(|| crate::data::RenderKey {
+        version: version.to_string(),
+        path: rest.to_vec(),
+        prefer_stack: stack
+            .filter(|_| rest.first().is_some_and(|f| f.eq_ignore_ascii_case("services")))
+            .map(String::from),
+        format,
+    });
+    if let Some(hit) = key.as_ref().and_then(|k| data.rendered(k)).filter(|_| !long_poll) {
+        return Outcome::Found { body: hit, text: None };
+    }
+    let view = View { own: own.as_deref(), default, prefer_stack: stack };
+    let Some(found) = view.get(rest) else { return Outcome::Missing };
+    let body = bytes::Bytes::from(render(&found, format));
+    if let Some(k) = key {
+        data.remember(k, body.clone());
+    }
+    let text = long_poll.then(|| scalar_text(&found));
+    Outcome::Found { body, text }
 }
 
 struct WaitGuard(Gauge);
