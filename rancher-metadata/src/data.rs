@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use event_bus::Snapshot;
 use serde_json::Value;
@@ -39,9 +39,46 @@ struct RenderCache {
     bytes: usize,
 }
 
+/// The trees of one snapshot: 2016-07-29 (= latest) built at once, because it decides whether
+/// anything changed; the older versions only when somebody asks for them.
+struct Lazy {
+    snap: Arc<Snapshot>,
+    ctx: Context,
+    v1: OnceLock<Arc<Value>>,
+    v2: OnceLock<Arc<Value>>,
+    v3: Arc<Value>,
+    /// Names in their original case: the one thing V1/V2 show that V3 (lowercased) does not.
+    names: Vec<String>,
+}
+
+impl Lazy {
+    fn tree(&self, api: Api) -> &Arc<Value> {
+        let build = || Arc::new(tree::default_tree(&self.snap, api, &self.ctx));
+        match api {
+            Api::V1 => self.v1.get_or_init(build),
+            Api::V2 => self.v2.get_or_init(build),
+            Api::V3 => &self.v3,
+        }
+    }
+}
+
+fn original_names(snap: &Snapshot) -> Vec<String> {
+    let mut v: Vec<String> = snap
+        .containers()
+        .map(|c| c.name.clone())
+        .chain(snap.services().flat_map(|s| {
+            std::iter::once(s.name.clone()).chain(s.secondary_launch_configs.iter().filter_map(|l| l.name.clone()))
+        }))
+        .chain(snap.stacks().map(|s| s.name.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
 /// One immutable generation of answers. Requests hold an `Arc<Data>` for their whole life.
 pub struct Data {
     rendered: Mutex<RenderCache>,
+    lazy: Option<Lazy>,
     /// Changes exactly when some answer changes; what long-poll waiters wait on.
     pub generation: u64,
     /// The `/version` token (environment version of the last change that altered answers).
@@ -58,6 +95,7 @@ impl Data {
     pub fn empty() -> Data {
         Data {
             rendered: Default::default(),
+            lazy: None,
             generation: 0,
             token: String::new(),
             defaults: BTreeMap::new(),
@@ -81,6 +119,9 @@ impl Data {
 
     /// The version names served, for `GET /`. `latest` is always listed.
     pub fn version_names(&self) -> Vec<String> {
+        if self.lazy.is_some() {
+            return Api::NAMES.iter().map(|(n, _)| n.to_string()).collect();
+        }
         let mut v: Vec<String> = self.defaults.keys().cloned().collect();
         if !v.iter().any(|n| n == "latest") {
             v.push("latest".into());
@@ -90,6 +131,9 @@ impl Data {
 
     /// The shared tree of a version; `latest` falls back to the highest version name.
     pub fn default_tree(&self, version: &str) -> Option<&Arc<Value>> {
+        if let Some(lazy) = &self.lazy {
+            return Api::from_name(version).map(|api| lazy.tree(api));
+        }
         self.defaults.get(version).or_else(|| match version {
             "latest" => self.defaults.iter().filter(|(k, _)| k.as_str() != "latest").map(|(_, v)| v).next_back(),
             _ => None,
@@ -125,32 +169,31 @@ impl Data {
     /// Answers for a snapshot. Returns `None` when they would equal `previous`'s (a write that
     /// changed nothing a caller can see keeps the version, so no long-poller wakes).
     pub fn from_snapshot(snap: Arc<Snapshot>, local_host: Option<String>, previous: &Data) -> Option<Data> {
-        let ctx = Context { local_host_uuid: local_host.clone(), version: previous.token.clone() };
-        let defaults: BTreeMap<String, Arc<Value>> =
-            tree::all_versions(&snap, &ctx).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        let same_defaults = !previous.defaults.is_empty() && defaults == previous.defaults;
-        if same_defaults && callers_unchanged(previous, &snap) {
-            return None;
+        let mut ctx = Context { local_host_uuid: local_host, version: previous.token.clone() };
+        let v3 = tree::default_tree(&snap, Api::V3, &ctx);
+        let names = original_names(&snap);
+        if let Some(prev) = &previous.lazy {
+            if *prev.v3 == v3 && prev.names == names && callers_unchanged(previous, &snap) {
+                return None;
+            }
         }
         let token = snap.version().to_string();
-        let defaults = defaults
-            .into_iter()
-            .map(|(k, v)| {
-                let mut v = Arc::unwrap_or_clone(v);
-                v["version"] = Value::String(token.clone());
-                (k, Arc::new(v))
-            })
-            .collect::<BTreeMap<_, _>>();
-        // `latest` shares the 2016-07-29 tree.
-        let mut defaults = defaults;
-        if let Some(v3) = defaults.get("2016-07-29").cloned() {
-            defaults.insert("latest".into(), v3);
-        }
+        let mut v3 = v3;
+        v3["version"] = Value::String(token.clone());
+        ctx.version = token.clone();
         Some(Data {
             rendered: Default::default(),
+            lazy: Some(Lazy {
+                snap: snap.clone(),
+                ctx,
+                v1: OnceLock::new(),
+                v2: OnceLock::new(),
+                v3: Arc::new(v3),
+                names,
+            }),
             generation: previous.generation + 1,
             token,
-            defaults,
+            defaults: BTreeMap::new(),
             callers: Callers::Snapshot { snap, built: Mutex::new(HashMap::new()) },
         })
     }
@@ -190,6 +233,7 @@ impl Data {
         let generation = previous.generation + 1;
         Ok(Some(Data {
             rendered: Default::default(),
+            lazy: None,
             generation,
             token: generation.to_string(),
             defaults,

@@ -350,3 +350,37 @@ mod tests {
         assert!(q.wait && q.value.as_deref() == Some(""));
     }
 }
+
+/// Random bytes through every parser that faces the network: none may panic. (A deterministic
+/// xorshift stream, so a failure reproduces.)
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use crate::lookup::View;
+    use crate::render::query_unescape;
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn random_paths_queries_and_headers_never_panic() {
+        let tree =
+            serde_json::json!({"services": [{"name": "web", "uuid": "u", "stack_name": "a"}], "self": {"host": {}}});
+        let alphabet = b"/%.+?&=aZ09-_~ \x00\xff\\*>";
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..50_000 {
+            let len = (xorshift(&mut state) % 40) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| alphabet[(xorshift(&mut state) as usize) % alphabet.len()]).collect();
+            let s = String::from_utf8_lossy(&bytes).into_owned();
+            let _ = clean_path(&s);
+            let _ = parse_query(Some(&s));
+            let _ = Format::from_accept(Some(&s));
+            let segs: Vec<String> = s.split('/').filter_map(|p| query_unescape(p).ok()).collect();
+            let _ = View { own: None, default: &tree, prefer_stack: Some("a") }.get(&segs);
+        }
+    }
+}

@@ -6,7 +6,6 @@
 //! fields Rancher served are emitted: unknown fields of the model never reach callers, and the
 //! service `token` only appears in a container's own `/self/service`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use event_bus::model::{Container, Host, Service};
@@ -375,17 +374,6 @@ pub fn self_tree(snap: &Snapshot, api: Api, ip: &str) -> Option<Value> {
     let mut v = Value::Object(m);
     sort_keys(&mut v);
     Some(v)
-}
-
-/// The answers of all API versions for one snapshot, keyed by version name.
-pub fn all_versions(snap: &Snapshot, ctx: &Context) -> BTreeMap<&'static str, Arc<Value>> {
-    let mut out = BTreeMap::new();
-    let mut built: BTreeMap<Api, Arc<Value>> = BTreeMap::new();
-    for (name, api) in Api::NAMES {
-        let tree = built.entry(api).or_insert_with(|| Arc::new(default_tree(snap, api, ctx))).clone();
-        out.insert(name, tree);
-    }
-    out
 }
 
 #[cfg(test)]
