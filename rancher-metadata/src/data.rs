@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use event_bus::Snapshot;
+use event_bus::{Family, Snapshot};
 use serde_json::Value;
 
 use crate::tree::{self, Api, Context};
@@ -39,41 +39,39 @@ struct RenderCache {
     bytes: usize,
 }
 
-/// The trees of one snapshot: 2016-07-29 (= latest) built at once, because it decides whether
-/// anything changed; the older versions only when somebody asks for them.
+/// The trees of one snapshot, each built on first use (requests wait for it off the async
+/// workers, see `Data::needs_build`).
 struct Lazy {
     snap: Arc<Snapshot>,
     ctx: Context,
-    v1: OnceLock<Arc<Value>>,
-    v2: OnceLock<Arc<Value>>,
-    v3: Arc<Value>,
-    /// Names in their original case: the one thing V1/V2 show that V3 (lowercased) does not.
-    names: Vec<String>,
+    trees: [OnceLock<Arc<Value>>; 3],
 }
 
 impl Lazy {
-    fn tree(&self, api: Api) -> &Arc<Value> {
-        let build = || Arc::new(tree::default_tree(&self.snap, api, &self.ctx));
+    fn slot(&self, api: Api) -> &OnceLock<Arc<Value>> {
         match api {
-            Api::V1 => self.v1.get_or_init(build),
-            Api::V2 => self.v2.get_or_init(build),
-            Api::V3 => &self.v3,
+            Api::V1 => &self.trees[0],
+            Api::V2 => &self.trees[1],
+            Api::V3 => &self.trees[2],
         }
+    }
+
+    fn tree(&self, api: Api) -> &Arc<Value> {
+        self.slot(api).get_or_init(|| Arc::new(tree::default_tree(&self.snap, api, &self.ctx)))
     }
 }
 
-fn original_names(snap: &Snapshot) -> Vec<String> {
-    let mut v: Vec<String> = snap
-        .containers()
-        .map(|c| c.name.clone())
-        .chain(snap.services().flat_map(|s| {
-            std::iter::once(s.name.clone()).chain(s.secondary_launch_configs.iter().filter_map(|l| l.name.clone()))
-        }))
-        .chain(snap.stacks().map(|s| s.name.clone()))
-        .collect();
-    v.sort();
-    v
-}
+/// What metadata shows: a change elsewhere (volumes, leases, certificates) is not a new version.
+const SHOWN: &[Family] = &[
+    Family::Environment,
+    Family::Host,
+    Family::Stack,
+    Family::Service,
+    Family::Container,
+    Family::Status,
+    Family::Health,
+    Family::Fqdn,
+];
 
 /// One immutable generation of answers. Requests hold an `Arc<Data>` for their whole life.
 pub struct Data {
@@ -169,33 +167,36 @@ impl Data {
     /// Answers for a snapshot. Returns `None` when they would equal `previous`'s (a write that
     /// changed nothing a caller can see keeps the version, so no long-poller wakes).
     pub fn from_snapshot(snap: Arc<Snapshot>, local_host: Option<String>, previous: &Data) -> Option<Data> {
-        let mut ctx = Context { local_host_uuid: local_host, version: previous.token.clone() };
-        let v3 = tree::default_tree(&snap, Api::V3, &ctx);
-        let names = original_names(&snap);
         if let Some(prev) = &previous.lazy {
-            if *prev.v3 == v3 && prev.names == names && callers_unchanged(previous, &snap) {
+            if !snap.differs_from(&prev.snap, SHOWN) && prev.ctx.local_host_uuid == local_host {
                 return None;
             }
         }
         let token = snap.version().to_string();
-        let mut v3 = v3;
-        v3["version"] = Value::String(token.clone());
-        ctx.version = token.clone();
+        let ctx = Context { local_host_uuid: local_host, version: token.clone() };
         Some(Data {
             rendered: Default::default(),
-            lazy: Some(Lazy {
-                snap: snap.clone(),
-                ctx,
-                v1: OnceLock::new(),
-                v2: OnceLock::new(),
-                v3: Arc::new(v3),
-                names,
-            }),
+            lazy: Some(Lazy { snap: snap.clone(), ctx, trees: Default::default() }),
             generation: previous.generation + 1,
             token,
             defaults: BTreeMap::new(),
             callers: Callers::Snapshot { snap, built: Mutex::new(HashMap::new()) },
         })
+    }
+
+    /// The `/version` answer of an API version, when it can be given without building its tree
+    /// (state-cache mode, where it is the generation's token).
+    pub fn version_token(&self, version: &str) -> Option<&str> {
+        (self.lazy.is_some() && Api::from_name(version).is_some()).then_some(self.token.as_str())
+    }
+
+    /// Whether answering `version` needs a tree built first (slow for a big environment: the
+    /// server does that on a blocking thread).
+    pub fn needs_build(&self, version: &str) -> bool {
+        match (&self.lazy, Api::from_name(version)) {
+            (Some(lazy), Some(api)) => lazy.slot(api).get().is_none(),
+            _ => false,
+        }
     }
 
     /// Answers from the original's static file: version → client IP or `default` → tree.
@@ -239,17 +240,5 @@ impl Data {
             defaults,
             callers: Callers::Static(callers),
         }))
-    }
-}
-
-/// Self entries derive from the same objects as the shared trees, except the service `token`
-/// (never in the shared tree). Compare tokens so a token change still reaches its callers.
-fn callers_unchanged(previous: &Data, snap: &Snapshot) -> bool {
-    match &previous.callers {
-        Callers::Snapshot { snap: old, .. } => {
-            let tokens = |s: &Snapshot| s.services().map(|svc| svc.extra.get("token").cloned()).collect::<Vec<_>>();
-            tokens(old) == tokens(snap)
-        }
-        Callers::Static(_) => false,
     }
 }

@@ -204,6 +204,12 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
     loop {
         rx.borrow_and_update();
         let data = app.data();
+        if data.needs_build(version) && !is_version_path(rest) {
+            // The first request after a change builds the version's tree; do it where it does
+            // not hold up the async workers (concurrent requests wait on the same build).
+            let (d, v) = (data.clone(), version.clone());
+            let _ = tokio::task::spawn_blocking(move || d.default_tree(&v).is_some()).await;
+        }
         let outcome = resolve(&data, version, rest, &ip, format, long_poll);
         let (found, text) = match outcome {
             Outcome::InvalidVersion if data.generation > 0 => {
@@ -228,6 +234,10 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
     }
 }
 
+fn is_version_path(rest: &[String]) -> bool {
+    matches!(rest, [one] if one.eq_ignore_ascii_case("version"))
+}
+
 enum Outcome {
     InvalidVersion,
     Missing,
@@ -241,6 +251,11 @@ enum Outcome {
 /// Looks the path up for one caller and renders it, without copying the tree: answers that do
 /// not depend on the caller are rendered once per generation and then served from a cache.
 fn resolve(data: &Data, version: &str, rest: &[String], ip: &str, format: Format, long_poll: bool) -> Outcome {
+    // `/version` is what every long-poller asks after a change: answer it without the tree.
+    if let (true, Some(token)) = (is_version_path(rest), data.version_token(version)) {
+        let v = Value::String(token.to_string());
+        return Outcome::Found { body: render(&v, format).into(), text: Some(token.to_string()) };
+    }
     let Some(default) = data.default_tree(version) else { return Outcome::InvalidVersion };
     let own = data.caller(version, ip);
     let stack = own.as_deref().and_then(|o| o.pointer("/self/stack/name")).and_then(Value::as_str);

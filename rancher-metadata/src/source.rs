@@ -18,7 +18,12 @@ pub async fn follow_cache(app: Arc<App>, cache: StateCache, local_host: Option<S
         let previous = app.data();
         let host = local_host.clone();
         match tokio::task::spawn_blocking(move || Data::from_snapshot(snap, host, &previous)).await {
-            Ok(Some(data)) => app.publish(data),
+            Ok(Some(data)) => {
+                app.publish(data);
+                // Build the newest tree now rather than on the first request after the change.
+                let data = app.data();
+                tokio::task::spawn_blocking(move || data.default_tree("latest").is_some());
+            }
             Ok(None) => tracing::debug!(version = cache.version(), "state changed, answers did not"),
             Err(e) => tracing::error!(error = %e, "building metadata answers failed"),
         }

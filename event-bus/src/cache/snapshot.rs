@@ -191,6 +191,32 @@ impl Snapshot {
         self.invalid.iter()
     }
 
+    /// Whether any record of `families` differs between `older` and this snapshot, by content
+    /// (a document written again unchanged does not count). Cheap when little changed: the
+    /// persistent maps share their untouched parts, which the comparison skips.
+    pub fn differs_from(&self, older: &Snapshot, families: &[crate::keys::Family]) -> bool {
+        use crate::keys::Family as F;
+        fn table<T: PartialEq>(a: &Table<T>, b: &Table<T>) -> bool {
+            a.diff(b).any(|d| match d {
+                imbl::ordmap::DiffItem::Update { old, new } => old.1 != new.1,
+                _ => true,
+            })
+        }
+        families.iter().any(|f| match f {
+            F::Environment => older.environment != self.environment,
+            F::Host => table(&older.hosts, &self.hosts),
+            F::Stack => table(&older.stacks, &self.stacks),
+            F::Service => table(&older.services, &self.services),
+            F::Container => table(&older.containers, &self.containers),
+            F::Status => table(&older.statuses, &self.statuses),
+            F::Health => table(&older.healths, &self.healths),
+            F::Volume => table(&older.volumes, &self.volumes),
+            F::Certificate => table(&older.certificates, &self.certificates),
+            F::Fqdn => table(&older.fqdns, &self.fqdns),
+            F::Lease => table(&older.leases, &self.leases),
+        })
+    }
+
     /// Every record, in key order, with its key (what `event-bus state dump` prints).
     pub fn records(&self) -> Vec<(Key, Record)> {
         let mut out = Vec::new();
@@ -358,6 +384,30 @@ mod tests {
         assert_eq!(s.containers_of_service("sv1").count(), 0);
         // An older snapshot is untouched by changes to a newer one.
         assert_eq!(before.containers_of_service("sv1").count(), 1);
+    }
+
+    #[test]
+    fn differs_from_compares_content_not_writes() {
+        use crate::keys::Family;
+        let mut a = Snapshot::default();
+        put(&mut a, Record::Stack(fixtures::stack("s1", "app")));
+        put(&mut a, Record::Container(fixtures::container("c1", "app-web-1", "sv1", "s1", "h1", "10.42.0.2")));
+        let mut b = a.clone();
+        put(&mut b, Record::Stack(fixtures::stack("s1", "app"))); // the same document again
+        assert!(!b.differs_from(&a, Family::ALL));
+        put(
+            &mut b,
+            Record::Lease(crate::model::Lease {
+                role: "x".into(),
+                holder: "h".into(),
+                expires_at_ms: 1,
+                extra: Default::default(),
+            }),
+        );
+        assert!(!b.differs_from(&a, &[Family::Stack, Family::Container]), "other families are not looked at");
+        assert!(b.differs_from(&a, &[Family::Lease]));
+        put(&mut b, Record::Container(fixtures::container("c1", "app-web-1", "sv1", "s1", "h2", "10.42.0.2")));
+        assert!(b.differs_from(&a, &[Family::Container]));
     }
 
     #[test]
