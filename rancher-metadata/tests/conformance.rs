@@ -105,6 +105,16 @@ async fn get(env: &Env, from: &str, path: &str, accept: Option<&str>) -> Reply {
     Reply { status, headers, body: r.text().await.unwrap() }
 }
 
+/// Starts a long-poll request in the background; resolves to (body, time taken).
+fn long_poll(env: &Env, path: String) -> tokio::task::JoinHandle<(String, Duration)> {
+    let url = format!("{}{path}", env.base);
+    tokio::spawn(async move {
+        let t = Instant::now();
+        let body = reqwest::get(url).await.unwrap().text().await.unwrap();
+        (body, t.elapsed())
+    })
+}
+
 const WEB1: &str = "127.0.10.2";
 const LOG1: &str = "127.0.10.4";
 const OTHER: &str = "127.0.10.6";
@@ -267,17 +277,7 @@ async fn long_poll_wakes_on_change_not_on_no_op_writes() {
     assert!(took >= Duration::from_millis(1000) && took < Duration::from_millis(1900), "returned after {took:?}");
 
     // A no-op write (same document again) moves the bucket but not the answers: waiters stay.
-    let base = env.base.clone();
-    let waiter = tokio::spawn(async move {
-        let t = Instant::now();
-        let body = reqwest::get(format!("{base}/latest/version?wait=true&value={v0}&maxWait=2"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        (body, t.elapsed())
-    });
+    let waiter = long_poll(&env, format!("/latest/version?wait=true&value={v0}&maxWait=2"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let same = env.store.get::<event_bus::model::Stack>("st-app").await.unwrap().unwrap().value;
     env.store.put(&same).await.unwrap();
@@ -289,18 +289,7 @@ async fn long_poll_wakes_on_change_not_on_no_op_writes() {
     assert!(took >= Duration::from_secs(2), "the no-op write released the waiter after {took:?}");
 
     // A real change releases the waiter at once with the new version.
-    let base = env.base.clone();
-    let v = v0.clone();
-    let waiter = tokio::spawn(async move {
-        let t = Instant::now();
-        let body = reqwest::get(format!("{base}/latest/version?wait=true&value={v}&maxWait=30"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        (body, t.elapsed())
-    });
+    let waiter = long_poll(&env, format!("/latest/version?wait=true&value={v0}&maxWait=30"));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut web = env.store.get::<event_bus::model::Service>("sv-web").await.unwrap().unwrap().value;
     web.metadata["greeting"] = json!("bonjour");
