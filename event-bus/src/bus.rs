@@ -92,9 +92,14 @@ impl Bus {
     /// Connects, retrying the first connection with backoff until `initial_timeout` (NATS may
     /// start after us) and reconnecting forever afterwards.
     pub async fn connect(opts: &NatsOptions, env: &str, initial_timeout: Duration) -> Result<Bus> {
+        // Both rustls providers are compiled in (ring via async-nats, aws-lc-rs via reqwest), so
+        // rustls will not choose; without this, a TLS connection panics. Installing twice is a no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (tx, rx) = watch::channel(Link::Disconnected);
         // Set when the server refuses our credentials: retrying will not help the first connect.
         let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The last error the client met, for the message when the first connection never comes.
+        let last_error: Arc<std::sync::Mutex<Option<String>>> = Default::default();
         let tx = Arc::new(tx);
         let mut co = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
@@ -104,9 +109,11 @@ impl Bus {
             .event_callback({
                 let tx = tx.clone();
                 let refused = refused.clone();
+                let last_error = last_error.clone();
                 move |event| {
                     let tx = tx.clone();
                     let refused = refused.clone();
+                    let last_error = last_error.clone();
                     async move {
                         match event {
                             async_nats::Event::Connected => {
@@ -127,7 +134,15 @@ impl Bus {
                                 tracing::warn!("NATS refused the credentials (authorization violation)");
                                 refused.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
-                            other => tracing::debug!(event = %other, "NATS event"),
+                            other => {
+                                if matches!(
+                                    other,
+                                    async_nats::Event::ClientError(_) | async_nats::Event::ServerError(_)
+                                ) {
+                                    *last_error.lock().expect("last error poisoned") = Some(other.to_string());
+                                }
+                                tracing::debug!(event = %other, "NATS event")
+                            }
                         }
                     }
                 }
@@ -204,7 +219,13 @@ impl Bus {
             Err(_) => {
                 return Err(Error::Connect {
                     url,
-                    source: format!("no server answered within {initial_timeout:?}").into(),
+                    source: match last_error.lock().expect("last error poisoned").as_deref() {
+                        Some(e) => format!(
+                            "no connection within {initial_timeout:?} (last error: {e}; for tls:// check --nats-tls-ca)"
+                        ),
+                        None => format!("no server answered within {initial_timeout:?}"),
+                    }
+                    .into(),
                 })
             }
         }

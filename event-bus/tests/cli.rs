@@ -239,3 +239,41 @@ fn credentials_stay_out_of_the_logs() {
     let err = text(&out.stderr);
     assert!(err.contains("authorization violation") && !err.contains("wrong-pass"), "{err}");
 }
+
+/// TLS to NATS: with the CA the connection works; without it, a clear failure, never a panic.
+#[test]
+fn tls_to_nats_with_a_private_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let srv_key = KeyPair::generate().unwrap();
+    let srv_cert = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&srv_key, &issuer).unwrap();
+    let (ca, cert, key) = (dir.path().join("ca.pem"), dir.path().join("srv.pem"), dir.path().join("srv.key"));
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&cert, srv_cert.pem()).unwrap();
+    std::fs::write(&key, srv_key.serialize_pem()).unwrap();
+    let nats = NatsServer::start_with(&format!(
+        "tls {{ cert_file: \"{}\"\n key_file: \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    ));
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+
+    let out = event_bus(&url, &["--nats-tls-ca", ca.to_str().unwrap(), "init"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("provisioned environment"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_event-bus"))
+        .args(["--nats-url", &url, "init"])
+        .env("CORRAL_NATS_CONNECT_TIMEOUT", "2s")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("cannot connect to NATS at tls://127.0.0.1") && err.contains("last error"), "{err}");
+}

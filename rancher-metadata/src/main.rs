@@ -1,6 +1,5 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -57,9 +56,12 @@ async fn main() -> anyhow::Result<()> {
             None
         }
         None => {
-            let bus =
-                Bus::connect(&args.common.nats.options("rancher-metadata"), &args.common.env, Duration::from_secs(60))
-                    .await?;
+            let bus = Bus::connect(
+                &args.common.nats.options("rancher-metadata"),
+                &args.common.env,
+                args.common.nats.nats_connect_timeout,
+            )
+            .await?;
             let cache = StateCache::start(&bus, &metrics).await?;
             let c = cache.clone();
             readiness.add("state cache", move || c.readiness());

@@ -19,9 +19,6 @@ use crate::runtime::telemetry;
 use crate::store::{provision, Provision};
 use output::Output;
 
-/// How long commands wait for NATS before giving up.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Parser)]
 #[command(
     name = "event-bus",
@@ -149,7 +146,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn connect(common: &CommonArgs) -> anyhow::Result<Bus> {
-    Ok(Bus::connect(&common.nats.options("event-bus"), &common.env, CONNECT_TIMEOUT).await?)
+    Ok(Bus::connect(&common.nats.options("event-bus"), &common.env, common.nats.nats_connect_timeout).await?)
 }
 
 async fn tail(common: &CommonArgs, args: TailArgs) -> anyhow::Result<()> {

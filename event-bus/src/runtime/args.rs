@@ -36,6 +36,9 @@ pub struct NatsArgs {
     /// Client private key (PEM) for mutual TLS.
     #[arg(long, global = true, env = "CORRAL_NATS_TLS_KEY", requires = "nats_tls_cert")]
     pub nats_tls_key: Option<PathBuf>,
+    /// How long to keep trying the first connection before giving up (e.g. 10s, 2m).
+    #[arg(long, global = true, env = "CORRAL_NATS_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub nats_connect_timeout: std::time::Duration,
     /// Refuse to talk to NATS without TLS.
     #[arg(long, global = true, env = "CORRAL_NATS_TLS_REQUIRED")]
     pub nats_tls_required: bool,
