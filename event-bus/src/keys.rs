@@ -323,6 +323,25 @@ mod tests {
     }
 
     #[test]
+    fn containers_decode_with_derive_semantics() {
+        let key: Key = "container.c1".parse().unwrap();
+        let Record::Container(c) = decode(&key, br#"{"uuid":"c1","name":"n","primary_ip":null,"x\u0041":1}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((c.primary_ip, c.desired_state.as_str(), c.labels.len()), (None, "running", 0), "defaults apply");
+        assert_eq!(c.extra["xA"], json!(1), "escaped unknown keys are kept");
+        let err = decode(&key, br#"{"uuid":"c1","name":"n","ips":"10.0.0.1"}"#).unwrap_err();
+        assert!(matches!(err, Error::InvalidDocument { ref field, .. } if field == "ips"), "{err}");
+        let err = decode(&key, br#"{"uuid":"c1","labels":{"a":1}}"#).unwrap_err();
+        assert!(matches!(err, Error::InvalidDocument { ref field, .. } if field == "labels.a"), "{err}");
+        let err = decode(&key, br#"{"uuid":"c1"}"#).unwrap_err().to_string();
+        assert!(err.contains("missing field `name`"), "{err}");
+        let err = decode(&key, br#"["c1"]"#).unwrap_err().to_string();
+        assert!(err.contains("Container"), "{err}");
+    }
+
+    #[test]
     fn the_document_id_must_match_the_key() {
         let key: Key = "host.h1".parse().unwrap();
         let err = decode(&key, br#"{"uuid":"h2","name":"one"}"#).unwrap_err();

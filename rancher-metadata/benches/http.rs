@@ -20,9 +20,18 @@ use futures::StreamExt;
 const WAITERS: usize = 10_000;
 const ROUNDS: usize = 5;
 
+/// Stops a child on drop: SIGTERM first (nginx's master then stops its workers; SIGKILL would
+/// orphan them), SIGKILL if it is still there after a second.
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        for _ in 0..20 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
