@@ -5,13 +5,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use event_bus::{Family, Snapshot};
+use event_bus::{Family, Record, Snapshot};
 use serde_json::Value;
 
 use crate::tree::{self, Api, Context};
 
-/// Caller entries built so far in one generation, by (API version, caller IP).
-type Built = Mutex<HashMap<(Api, String), Option<Arc<Value>>>>;
+/// Caller entries built so far in one generation, by (API version, caller IP), and their size.
+#[derive(Default)]
+struct CallerCache {
+    entries: HashMap<(Api, String), Option<Arc<Value>>>,
+    bytes: usize,
+}
+type Built = Mutex<CallerCache>;
 
 /// Per-caller entries: built on demand from a snapshot, or given by an answers file.
 enum Callers {
@@ -73,6 +78,74 @@ const SHOWN: &[Family] = &[
     Family::Fqdn,
 ];
 
+/// The part of a record that some answer shows: a change elsewhere (an agent's heartbeat, a
+/// container's exit code, an image, a field the model keeps but does not know) is not a new
+/// version, so long-pollers are not woken for it.
+fn shown(r: &Option<Record>) -> Option<Record> {
+    use event_bus::model::LaunchConfig;
+    let shown_lc = |lc: &LaunchConfig| LaunchConfig {
+        name: lc.name.clone(),
+        ports: lc.ports.clone(),
+        expose: lc.expose.clone(),
+        labels: lc.labels.clone(),
+        health_check: lc.health_check.as_ref().map(tree::known_health_check),
+        ..Default::default()
+    };
+    Some(match r.as_ref()? {
+        Record::Host(h) => {
+            let mut h = h.clone();
+            (h.subnet, h.heartbeat_ms) = (None, None);
+            h.extra.clear();
+            Record::Host(h)
+        }
+        Record::Stack(st) => {
+            let mut st = st.clone();
+            st.description.clear();
+            st.extra.clear();
+            Record::Stack(st)
+        }
+        Record::Service(svc) => {
+            let mut svc = svc.clone();
+            svc.launch_config = shown_lc(&svc.launch_config);
+            svc.secondary_launch_configs = svc.secondary_launch_configs.iter().map(shown_lc).collect();
+            svc.lb_config = svc.lb_config.as_ref().map(tree::known_lb_config);
+            svc.selector_container = None;
+            svc.extra.clear();
+            Record::Service(svc)
+        }
+        Record::Container(c) => {
+            let mut c = c.clone();
+            c.health_check = c.health_check.as_ref().map(tree::known_health_check);
+            (c.image, c.desired_state) = (None, String::new());
+            c.extra.clear();
+            Record::Container(c)
+        }
+        Record::Status(st) => {
+            let mut st = st.clone();
+            (st.exit_code, st.error, st.host_uuid) = (None, None, String::new());
+            st.extra.clear();
+            Record::Status(st)
+        }
+        Record::Health(h) => {
+            let mut h = h.clone();
+            h.reports.clear();
+            h.extra.clear();
+            Record::Health(h)
+        }
+        Record::Fqdn(f) => {
+            let mut f = f.clone();
+            f.extra.clear();
+            Record::Fqdn(f)
+        }
+        Record::Environment(e) => {
+            let mut e = e.clone();
+            e.extra.clear();
+            Record::Environment(e)
+        }
+        other => other.clone(),
+    })
+}
+
 /// One immutable generation of answers. Requests hold an `Arc<Data>` for their whole life.
 pub struct Data {
     rendered: Mutex<RenderCache>,
@@ -85,8 +158,9 @@ pub struct Data {
     callers: Callers,
 }
 
-/// A bound on caller entries cached per generation (each is a few objects).
-const MAX_CACHED_CALLERS: usize = 50_000;
+/// A bound on the caller entries cached per generation, by their JSON size: a caller's `self`
+/// holds its service and stack with their containers, so big services make big entries.
+const MAX_CACHED_CALLER_BYTES: usize = 64 << 20;
 
 impl Data {
     /// Nothing loaded yet: every version path answers 404, as the original before its first load.
@@ -151,13 +225,19 @@ impl Data {
             Callers::Snapshot { snap, built } => {
                 let api = Api::from_name(version)?;
                 let key = (api, ip.to_string());
-                if let Some(hit) = built.lock().expect("caller cache poisoned").get(&key) {
+                if let Some(hit) = built.lock().expect("caller cache poisoned").entries.get(&key) {
                     return hit.clone();
                 }
                 let entry = tree::self_tree(snap, api, ip).map(|s| Arc::new(serde_json::json!({ "self": s })));
-                let mut cache = built.lock().expect("caller cache poisoned");
-                if cache.len() < MAX_CACHED_CALLERS {
-                    cache.insert(key, entry.clone());
+                // Only known containers are cached (an unknown or forged X-Forwarded-For value
+                // must not fill memory), and the cache is bounded by the size of its entries.
+                if let Some(e) = &entry {
+                    let size = serde_json::to_vec(e.as_ref()).map(|b| b.len()).unwrap_or(usize::MAX);
+                    let mut cache = built.lock().expect("caller cache poisoned");
+                    if cache.bytes + size <= MAX_CACHED_CALLER_BYTES {
+                        cache.bytes += size;
+                        cache.entries.insert(key, entry.clone());
+                    }
                 }
                 entry
             }
@@ -168,7 +248,8 @@ impl Data {
     /// changed nothing a caller can see keeps the version, so no long-poller wakes).
     pub fn from_snapshot(snap: Arc<Snapshot>, local_host: Option<String>, previous: &Data) -> Option<Data> {
         if let Some(prev) = &previous.lazy {
-            if !snap.differs_from(&prev.snap, SHOWN) && prev.ctx.local_host_uuid == local_host {
+            let visible = snap.changes_since(&prev.snap, SHOWN).iter().any(|(a, b)| shown(a) != shown(b));
+            if !visible && prev.ctx.local_host_uuid == local_host {
                 return None;
             }
         }
@@ -180,7 +261,7 @@ impl Data {
             generation: previous.generation + 1,
             token,
             defaults: BTreeMap::new(),
-            callers: Callers::Snapshot { snap, built: Mutex::new(HashMap::new()) },
+            callers: Callers::Snapshot { snap, built: Default::default() },
         })
     }
 

@@ -51,14 +51,17 @@ impl<'a> View<'a> {
     }
 
     fn root(&self) -> Value {
-        let mut m: Map<String, Value> = self.default.as_object().cloned().unwrap_or_default();
+        Value::Object(self.root_entries().into_iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<Map<_, _>>())
+    }
+
+    /// The top level of the caller's view, borrowed: the caller's own keys over the default's.
+    pub fn root_entries(&self) -> std::collections::BTreeMap<&'a str, &'a Value> {
+        let mut m: std::collections::BTreeMap<&'a str, &'a Value> =
+            self.default.as_object().map(|o| o.iter().map(|(k, v)| (k.as_str(), v)).collect()).unwrap_or_default();
         if let Some(Value::Object(own)) = self.own {
-            for (k, v) in own {
-                m.insert(k.clone(), v.clone());
-            }
+            m.extend(own.iter().map(|(k, v)| (k.as_str(), v)));
         }
-        m.sort_keys();
-        Value::Object(m)
+        m
     }
 }
 

@@ -11,16 +11,58 @@ pub enum Format {
 }
 
 impl Format {
-    /// The original's negotiation: any offer mentioning json gives JSON, yaml gives YAML,
-    /// everything else (no header, `*/*`, browsers) text.
+    /// The original's negotiation (Go's goautoneg): each offer — text/plain, application/json,
+    /// then the YAML types — gets the q-value of the Accept entry that matches it most
+    /// specifically (`type/subtype` over `type/*` over `*/*`); the highest non-zero q wins, ties
+    /// go to the earlier offer. No header, `*/*` or a browser's Accept give text.
     pub fn from_accept(accept: Option<&str>) -> Format {
-        let a = accept.unwrap_or("").to_ascii_lowercase();
-        match (a.find("json"), a.find("yaml")) {
-            (Some(j), Some(y)) if y < j => Format::Yaml,
-            (Some(_), _) => Format::Json,
-            (None, Some(_)) => Format::Yaml,
-            (None, None) => Format::Text,
+        const OFFERS: [(&str, Format); 6] = [
+            ("text/plain", Format::Text),
+            ("application/json", Format::Json),
+            ("application/yaml", Format::Yaml),
+            ("application/x-yaml", Format::Yaml),
+            ("text/yaml", Format::Yaml),
+            ("text/x-yaml", Format::Yaml),
+        ];
+        let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Format::Text };
+        let ranges: Vec<(String, f32)> = accept
+            .split(',')
+            .filter_map(|part| {
+                let mut it = part.split(';');
+                let range = it.next()?.trim().to_ascii_lowercase();
+                let q = it
+                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .filter_map(|q| q.trim().parse::<f32>().ok())
+                    .next()
+                    .unwrap_or(1.0);
+                (!range.is_empty()).then_some((range, q))
+            })
+            .collect();
+        let mut best = (Format::Text, 0.0f32);
+        for (offer, format) in OFFERS {
+            let (otype, _) = offer.split_once('/').expect("offers are type/subtype");
+            // (specificity, q) of the most specific matching range.
+            let matched = ranges
+                .iter()
+                .filter_map(|(r, q)| {
+                    if r == offer {
+                        Some((3, *q))
+                    } else if r.split_once('/').is_some_and(|(t, s)| t == otype && s == "*") {
+                        Some((2, *q))
+                    } else if r == "*/*" {
+                        Some((1, *q))
+                    } else {
+                        None
+                    }
+                })
+                .max_by(|a, b| a.0.cmp(&b.0));
+            if let Some((_, q)) = matched {
+                if q > best.1 {
+                    best = (format, q);
+                }
+            }
         }
+        best.0
     }
 }
 
@@ -30,6 +72,27 @@ pub fn render(v: &Value, format: Format) -> String {
         Format::Yaml => serde_norway::to_string(v).unwrap_or_default(),
         Format::Text => text(v),
     }
+}
+
+/// Renders a map given as borrowed entries (the merged root of a caller's view), without
+/// copying the values.
+pub fn render_entries(entries: &std::collections::BTreeMap<&str, &Value>, format: Format) -> String {
+    match format {
+        Format::Json => serde_json::to_string(entries).expect("JSON values always serialize"),
+        Format::Yaml => serde_norway::to_string(entries).unwrap_or_default(),
+        Format::Text => text_map(entries.iter().map(|(k, v)| (*k, *v))),
+    }
+}
+
+fn text_map<'a>(entries: impl Iterator<Item = (&'a str, &'a Value)>) -> String {
+    let mut lines: Vec<String> = entries
+        .map(|(k, v)| {
+            let slash = if v.is_object() || v.is_array() { "/" } else { "" };
+            format!("{}{slash}\n", query_escape(k))
+        })
+        .collect();
+    lines.sort();
+    lines.concat()
 }
 
 /// The body of an error (404 "Not found", 404 "Invalid version", …) in the caller's format.
@@ -62,17 +125,7 @@ pub fn scalar_text(v: &Value) -> String {
 
 fn text(v: &Value) -> String {
     match v {
-        Value::Object(m) => {
-            let mut lines: Vec<String> = m
-                .iter()
-                .map(|(k, v)| {
-                    let slash = if v.is_object() || v.is_array() { "/" } else { "" };
-                    format!("{}{slash}\n", query_escape(k))
-                })
-                .collect();
-            lines.sort();
-            lines.concat()
-        }
+        Value::Object(m) => text_map(m.iter().map(|(k, v)| (k.as_str(), v))),
         Value::Array(a) => a
             .iter()
             .enumerate()
@@ -169,6 +222,15 @@ mod tests {
         assert_eq!(Format::from_accept(Some("text/html,application/xhtml+xml,*/*;q=0.8")), Format::Text);
         assert_eq!(Format::from_accept(Some("application/json")), Format::Json);
         assert_eq!(Format::from_accept(Some("application/x-yaml")), Format::Yaml);
+        assert_eq!(
+            Format::from_accept(Some("text/plain, application/json")),
+            Format::Text,
+            "ties go to the earlier offer"
+        );
+        assert_eq!(Format::from_accept(Some("application/json;q=0, text/plain")), Format::Text);
+        assert_eq!(Format::from_accept(Some("application/json;q=0.5, text/plain;q=0.4")), Format::Json);
+        assert_eq!(Format::from_accept(Some("application/*")), Format::Json);
+        assert_eq!(Format::from_accept(Some("image/png")), Format::Text, "nothing acceptable: the default");
     }
 
     #[test]

@@ -112,8 +112,8 @@ fn clean_path(p: &str) -> String {
 fn client_ip(peer: SocketAddr, headers: &axum::http::HeaderMap, xff: bool) -> String {
     if xff {
         if let Some(v) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            // The original used the whole header value, without splitting on commas.
-            return v.trim().to_string();
+            // The original used the whole header value, as is: no splitting on commas, no trimming.
+            return v.to_string();
         }
     }
     match peer.ip() {
@@ -276,12 +276,20 @@ fn resolve(data: &Data, version: &str, rest: &[String], ip: &str, format: Format
         return Outcome::Found { body: hit, text: None };
     }
     let view = View { own: own.as_deref(), default, prefer_stack: stack };
+    if rest.is_empty() {
+        // The whole environment under the version: render it from borrowed parts.
+        let entries = view.root_entries();
+        let body = bytes::Bytes::from(crate::render::render_entries(&entries, format));
+        let text = long_poll.then(|| crate::render::render_entries(&entries, Format::Text));
+        return Outcome::Found { body, text };
+    }
     let Some(found) = view.get(rest) else { return Outcome::Missing };
     let body = bytes::Bytes::from(render(&found, format));
     if let Some(k) = key {
         data.remember(k, body.clone());
     }
-    let text = long_poll.then(|| scalar_text(&found));
+    // Go's `%v` of a missing value is `<nil>`, which no `value=` equals: a null answers at once.
+    let text = long_poll.then(|| if found.is_null() { "<nil>".to_string() } else { scalar_text(&found) });
     Outcome::Found { body, text }
 }
 
@@ -310,9 +318,15 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight requests finish
 /// for up to 5 s. Slow or oversized request heads are cut off (hyper's read timeout and buffer cap).
 pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, shutdown: impl std::future::Future<Output = ()>) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    // HTTP/1 only: metadata clients speak it, and the head-read timeout guards only HTTP/1 (a
+    // cleartext HTTP/2 connection could otherwise idle past it).
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let routes = router(app);
@@ -331,7 +345,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, shutdown: i
         };
         let svc =
             hyper_util::service::TowerToHyperService::new(routes.clone().layer(axum::Extension(ConnectInfo(peer))));
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

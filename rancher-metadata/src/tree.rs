@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use event_bus::model::{Container, Host, Service};
+use event_bus::model::{Container, HealthCheck, Host, LbConfig, Service};
 use event_bus::Snapshot;
 use serde_json::{json, Map, Value};
 
@@ -84,6 +84,25 @@ pub fn format_port(api: Api, port: &str, agent_ip: &str) -> String {
     }
 }
 
+/// A health check with only the fields Rancher had (fields the model keeps but does not know
+/// never reach callers).
+pub fn known_health_check(h: &HealthCheck) -> HealthCheck {
+    let mut h = h.clone();
+    h.extra.clear();
+    if let Some(q) = &mut h.recreate_on_quorum_strategy_config {
+        q.extra.clear();
+    }
+    h
+}
+
+/// An lb_config with only the fields Rancher had.
+pub fn known_lb_config(l: &LbConfig) -> LbConfig {
+    let mut l = l.clone();
+    l.extra.clear();
+    l.port_rules.iter_mut().for_each(|r| r.extra.clear());
+    l
+}
+
 /// Sorts every map's keys, recursively (the original's JSON had sorted keys).
 pub fn sort_keys(v: &mut Value) {
     match v {
@@ -139,7 +158,7 @@ impl<'a> Builder<'a> {
         m.insert("start_count".into(), json!(status.map(|s| s.start_count).unwrap_or(0)));
         m.insert("state".into(), json!(status.map(|s| s.state.as_str()).unwrap_or("starting")));
         m.insert("health_state".into(), health.map(|h| json!(h.health_state)).unwrap_or(Value::Null));
-        m.insert("health_check".into(), opt(&c.health_check));
+        m.insert("health_check".into(), opt(&c.health_check.as_ref().map(known_health_check)));
         m.insert("health_check_hosts".into(), json!(health.map(|h| h.health_check_hosts.clone()).unwrap_or_default()));
         m.insert("host_uuid".into(), opt(&c.host_uuid));
         m.insert(
@@ -228,12 +247,12 @@ impl<'a> Builder<'a> {
             m.insert("hostname".into(), opt(&svc.hostname));
             m.insert("fqdn".into(), opt(&self.snap.fqdn(&svc.uuid).map(|f| f.fqdn.clone()).or(svc.fqdn.clone())));
             m.insert("vip".into(), opt(&svc.vip));
-            m.insert("health_check".into(), opt(&lc.health_check));
-            m.insert("lb_config".into(), opt(&svc.lb_config));
+            m.insert("health_check".into(), opt(&lc.health_check.as_ref().map(known_health_check)));
+            m.insert("lb_config".into(), opt(&svc.lb_config.as_ref().map(known_lb_config)));
             m.insert("system".into(), json!(svc.system));
             m.insert("state".into(), json!(svc.state));
             m.insert("environment_uuid".into(), json!(self.env_uuid));
-            let token = if with_token { svc.extra.get("token").cloned().unwrap_or(Value::Null) } else { Value::Null };
+            let token = if with_token { opt(&svc.token) } else { Value::Null };
             m.insert("token".into(), token);
             out.push(Value::Object(m));
         }

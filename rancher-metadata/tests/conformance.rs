@@ -38,7 +38,7 @@ async fn fixture(store: &StateStore) {
         vec![LaunchConfig { name: Some("log".into()), image: "busybox".into(), ..Default::default() }];
     web.metadata = json!({"greeting": "hello", "nested": {"list": [1, 2.5, null, true]}});
     web.links.insert("App/db".into(), "database".into());
-    web.extra.insert("token".into(), json!("s3cr3t-token"));
+    web.token = Some("s3cr3t-token".into());
     store.put(&web).await.unwrap();
     store.put(&fixtures::service("sv-db", "st-app", "db")).await.unwrap();
     store.put(&fixtures::service("sv-oweb", "st-other", "web")).await.unwrap();
@@ -238,6 +238,26 @@ async fn unknown_callers_errors_and_paths() {
     }
     assert_eq!(get(&env, OTHER, "/latest/self/service/token", JSON).await.body, "null");
 
+    // Callers are answered apart: after an unknown caller, a container on host-2 sees host-2.
+    assert_eq!(get(&env, STRANGER, "/latest/self/host/name", None).await.body, "host-1");
+    assert_eq!(get(&env, "127.0.10.3", "/latest/self/host/name", None).await.body, "host-2");
+
+    // Fields the model keeps but Rancher never had stay out of answers, even nested ones.
+    let mut db = env.store.get::<event_bus::model::Service>("sv-db").await.unwrap().unwrap().value;
+    let mut lb = event_bus::model::LbConfig::default();
+    lb.extra.insert("private_key".into(), json!("PEM-SECRET"));
+    lb.port_rules
+        .push(serde_json::from_value(json!({"source_port": 80, "target_port": 8080, "stray": "PEM-SECRET"})).unwrap());
+    db.lb_config = Some(lb);
+    let rev = env.store.put(&db).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&env, WEB1, "/latest/version", None).await.body != rev.to_string() {
+        assert!(Instant::now() < deadline, "the lb_config change never showed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = get(&env, OTHER, "/latest/services/db/lb_config", JSON).await.body;
+    assert!(body.contains("\"source_port\":80") && !body.contains("PEM-SECRET"), "{body}");
+
     // Versions, methods, canonical paths, escapes, limits.
     let r = get(&env, WEB1, "/2014-01-01/self", None).await;
     assert_eq!((r.status, r.body.as_str()), (404, "Invalid version\n"));
@@ -281,10 +301,15 @@ async fn long_poll_wakes_on_change_not_on_no_op_writes() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let same = env.store.get::<event_bus::model::Stack>("st-app").await.unwrap().unwrap().value;
     env.store.put(&same).await.unwrap();
+    // So does a change nobody is shown: an agent's heartbeat, a field the model keeps but does not know.
+    let mut h1 = env.store.get::<event_bus::model::Host>("h1").await.unwrap().unwrap().value;
+    h1.heartbeat_ms = Some(1_234_567);
+    h1.extra.insert("agent_build".into(), json!("abc"));
+    env.store.put(&h1).await.unwrap();
     let v_now = get(&env, WEB1, "/latest/version", None).await.body;
     let (body, took) = waiter.await.unwrap();
     let v0 = get(&env, WEB1, "/latest/version", None).await.body;
-    assert_eq!(body, v0, "the no-op write did not change the version");
+    assert_eq!(body, v0, "the no-op and invisible writes did not change the version");
     assert_eq!(v_now, v0);
     assert!(took >= Duration::from_secs(2), "the no-op write released the waiter after {took:?}");
 

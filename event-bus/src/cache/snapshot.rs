@@ -191,30 +191,60 @@ impl Snapshot {
         self.invalid.iter()
     }
 
-    /// Whether any record of `families` differs between `older` and this snapshot, by content
-    /// (a document written again unchanged does not count). Cheap when little changed: the
-    /// persistent maps share their untouched parts, which the comparison skips.
-    pub fn differs_from(&self, older: &Snapshot, families: &[crate::keys::Family]) -> bool {
+    /// The records of `families` that differ between `older` and this snapshot, by content, as
+    /// (before, after) pairs (`None` for absent). A document written again unchanged is not in
+    /// the list. Cheap when little changed: the persistent maps share their untouched parts,
+    /// which the comparison skips.
+    pub fn changes_since(
+        &self,
+        older: &Snapshot,
+        families: &[crate::keys::Family],
+    ) -> Vec<(Option<Record>, Option<Record>)> {
         use crate::keys::Family as F;
-        fn table<T: PartialEq>(a: &Table<T>, b: &Table<T>) -> bool {
-            a.diff(b).any(|d| match d {
-                imbl::ordmap::DiffItem::Update { old, new } => old.1 != new.1,
-                _ => true,
-            })
+        fn table<T: PartialEq + Clone>(
+            a: &Table<T>,
+            b: &Table<T>,
+            wrap: fn(T) -> Record,
+            out: &mut Vec<(Option<Record>, Option<Record>)>,
+        ) {
+            for d in a.diff(b) {
+                match d {
+                    imbl::ordmap::DiffItem::Update { old, new } if old.1 != new.1 => {
+                        out.push((Some(wrap((*old.1).as_ref().clone())), Some(wrap((*new.1).as_ref().clone()))))
+                    }
+                    imbl::ordmap::DiffItem::Update { .. } => {}
+                    imbl::ordmap::DiffItem::Add(_, v) => out.push((None, Some(wrap(v.as_ref().clone())))),
+                    imbl::ordmap::DiffItem::Remove(_, v) => out.push((Some(wrap(v.as_ref().clone())), None)),
+                }
+            }
         }
-        families.iter().any(|f| match f {
-            F::Environment => older.environment != self.environment,
-            F::Host => table(&older.hosts, &self.hosts),
-            F::Stack => table(&older.stacks, &self.stacks),
-            F::Service => table(&older.services, &self.services),
-            F::Container => table(&older.containers, &self.containers),
-            F::Status => table(&older.statuses, &self.statuses),
-            F::Health => table(&older.healths, &self.healths),
-            F::Volume => table(&older.volumes, &self.volumes),
-            F::Certificate => table(&older.certificates, &self.certificates),
-            F::Fqdn => table(&older.fqdns, &self.fqdns),
-            F::Lease => table(&older.leases, &self.leases),
-        })
+        let mut out = Vec::new();
+        for f in families {
+            match f {
+                F::Environment => {
+                    if older.environment != self.environment {
+                        let w = |e: &Option<Arc<Environment>>| e.as_ref().map(|e| Record::Environment((**e).clone()));
+                        out.push((w(&older.environment), w(&self.environment)));
+                    }
+                }
+                F::Host => table(&older.hosts, &self.hosts, Record::Host, &mut out),
+                F::Stack => table(&older.stacks, &self.stacks, Record::Stack, &mut out),
+                F::Service => table(&older.services, &self.services, Record::Service, &mut out),
+                F::Container => table(&older.containers, &self.containers, Record::Container, &mut out),
+                F::Status => table(&older.statuses, &self.statuses, Record::Status, &mut out),
+                F::Health => table(&older.healths, &self.healths, Record::Health, &mut out),
+                F::Volume => table(&older.volumes, &self.volumes, Record::Volume, &mut out),
+                F::Certificate => table(&older.certificates, &self.certificates, Record::Certificate, &mut out),
+                F::Fqdn => table(&older.fqdns, &self.fqdns, Record::Fqdn, &mut out),
+                F::Lease => table(&older.leases, &self.leases, Record::Lease, &mut out),
+            }
+        }
+        out
+    }
+
+    /// Whether any record of `families` differs (see [`Snapshot::changes_since`]).
+    pub fn differs_from(&self, older: &Snapshot, families: &[crate::keys::Family]) -> bool {
+        !self.changes_since(older, families).is_empty()
     }
 
     /// Every record, in key order, with its key (what `event-bus state dump` prints).

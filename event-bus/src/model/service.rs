@@ -70,6 +70,9 @@ pub struct Service {
     /// `active`, `inactive`, `removing`, …
     #[serde(default = "active")]
     pub state: String,
+    /// The service's agent token: metadata shows it only to the service's own containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     #[serde(flatten)]
     pub extra: Extra,
 }

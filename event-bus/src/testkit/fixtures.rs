@@ -54,6 +54,7 @@ pub fn service(uuid: &str, stack_uuid: &str, name: &str) -> Service {
         selector_container: None,
         system: false,
         state: "active".into(),
+        token: None,
         extra: Extra::new(),
     }
 }
