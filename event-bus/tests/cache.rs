@@ -214,7 +214,9 @@ async fn a_burst_of_changes_is_seen_in_order() {
         w.await;
     }
     let seen = tokio::time::timeout(Duration::from_secs(30), seen).await.unwrap().unwrap();
-    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "snapshots went backwards: {seen:?}");
+    // (A reader may see one snapshot twice — it loads the newest one, which can be a notification
+    // ahead — but never an older one after a newer.)
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1), "snapshots went backwards: {seen:?}");
     assert_eq!(seen.last().unwrap().1, 300);
     let last = store.version().await.unwrap();
     let snap = cache.wait_newer(last - 1, Duration::from_secs(10)).await.unwrap();
