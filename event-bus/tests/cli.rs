@@ -277,3 +277,19 @@ fn tls_to_nats_with_a_private_ca() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains("cannot connect to NATS at tls://127.0.0.1") && err.contains("last error"), "{err}");
 }
+
+/// Token authentication, from the flag or the URL.
+#[test]
+fn token_authentication() {
+    let nats = NatsServer::start_with("authorization { token: \"tok-s3cret\" }\n");
+    let plain = format!("nats://127.0.0.1:{}", nats.port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_event-bus"))
+        .args(["--nats-url", &plain, "--nats-token", "tok-s3cret", "init"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = event_bus(&format!("nats://tok-s3cret@127.0.0.1:{}", nats.port()), &["state", "dump"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = event_bus(&plain, &["state", "dump"], None);
+    assert!(!out.status.success() && text(&out.stderr).contains("authorization violation"), "{}", text(&out.stderr));
+}
