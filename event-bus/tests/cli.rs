@@ -293,3 +293,25 @@ fn token_authentication() {
     let out = event_bus(&plain, &["state", "dump"], None);
     assert!(!out.status.success() && text(&out.stderr).contains("authorization violation"), "{}", text(&out.stderr));
 }
+
+/// NKey authentication from a seed file; the seed never reaches the log.
+#[test]
+fn nkey_authentication() {
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("user.nk");
+    std::fs::write(&seed_file, format!("{seed}\n")).unwrap();
+    let nats = NatsServer::start_with(&format!("authorization {{ users: [ {{ nkey: {} }} ] }}\n", user.public_key()));
+    let url = format!("nats://127.0.0.1:{}", nats.port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_event-bus"))
+        .args(["--nats-url", &url, "--nats-nkey", seed_file.to_str().unwrap(), "init"])
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains(&seed), "the seed reached the log");
+    let out = event_bus(&url, &["state", "dump"], None);
+    assert!(!out.status.success() && text(&out.stderr).contains("authorization violation"), "{}", text(&out.stderr));
+}
