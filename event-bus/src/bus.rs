@@ -230,8 +230,17 @@ impl Bus {
             }
         }
         tx.send_replace(Link::Connected);
-        let version = client.server_info().version;
-        if !server_supports_kv(&version) {
+        // The client can report "connected" a moment before it stores the server's INFO; give it
+        // that moment, and refuse only a version we actually read.
+        let mut version = client.server_info().version;
+        for _ in 0..50 {
+            if !version.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            version = client.server_info().version;
+        }
+        if !version.is_empty() && !server_supports_kv(&version) {
             return Err(Error::ServerTooOld { url, found: version });
         }
         let js = jetstream::new(client.clone());
