@@ -8,8 +8,9 @@ use event_bus::StateCache;
 use crate::data::Data;
 use crate::server::App;
 
-/// Rebuilds the answers whenever the cache moves; bursts collapse into one rebuild, and a
-/// rebuild that changes no answer publishes nothing.
+/// Follows the cache: for each new snapshot (bursts collapse into one), decides from the fields
+/// metadata shows whether any answer changed; if so, publishes a new generation (which wakes
+/// the long-pollers) and builds its latest tree in the background.
 pub async fn follow_cache(app: Arc<App>, cache: StateCache, local_host: Option<String>) {
     let mut changes = cache.subscribe();
     loop {
