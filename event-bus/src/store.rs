@@ -156,29 +156,47 @@ impl StateStore {
 
     /// Writes a document unconditionally; returns the new revision.
     pub async fn put<T: Document>(&self, doc: &T) -> Result<u64> {
-        let key = checked_key(doc)?;
-        self.kv.put(key.to_string(), encode(doc).into()).await.map_err(|e| Error::nats("put", e))
+        self.put_raw(checked_key(doc)?, encode(doc)).await
     }
 
     /// Writes any record (what the CLI does after validating a user's document).
     pub async fn put_record(&self, record: &Record) -> Result<u64> {
-        let key = Key::new(record.family(), record.id())?;
-        self.kv.put(key.to_string(), encode(record).into()).await.map_err(|e| Error::nats("put", e))
+        self.put_raw(record_key(record)?, encode(record)).await
     }
 
     /// Writes a document only if its key does not exist yet.
     pub async fn create<T: Document>(&self, doc: &T) -> Result<u64> {
-        let key = checked_key(doc)?;
-        self.kv.create(key.to_string(), encode(doc).into()).await.map_err(|e| match e.kind() {
+        self.create_raw(checked_key(doc)?, encode(doc)).await
+    }
+
+    /// [`StateStore::create`] for any record.
+    pub async fn create_record(&self, record: &Record) -> Result<u64> {
+        self.create_raw(record_key(record)?, encode(record)).await
+    }
+
+    /// Compare-and-set: writes only if the key is still at `revision`.
+    pub async fn update<T: Document>(&self, doc: &T, revision: u64) -> Result<u64> {
+        self.update_raw(checked_key(doc)?, encode(doc), revision).await
+    }
+
+    /// [`StateStore::update`] for any record.
+    pub async fn update_record(&self, record: &Record, revision: u64) -> Result<u64> {
+        self.update_raw(record_key(record)?, encode(record), revision).await
+    }
+
+    async fn put_raw(&self, key: Key, value: Vec<u8>) -> Result<u64> {
+        self.kv.put(key.to_string(), value.into()).await.map_err(|e| Error::nats("put", e))
+    }
+
+    async fn create_raw(&self, key: Key, value: Vec<u8>) -> Result<u64> {
+        self.kv.create(key.to_string(), value.into()).await.map_err(|e| match e.kind() {
             kv::CreateErrorKind::AlreadyExists => Error::AlreadyExists { key: key.to_string() },
             _ => Error::nats("create", e),
         })
     }
 
-    /// Compare-and-set: writes only if the key is still at `revision`.
-    pub async fn update<T: Document>(&self, doc: &T, revision: u64) -> Result<u64> {
-        let key = checked_key(doc)?;
-        self.kv.update(key.to_string(), encode(doc).into(), revision).await.map_err(|e| match e.kind() {
+    async fn update_raw(&self, key: Key, value: Vec<u8>, revision: u64) -> Result<u64> {
+        self.kv.update(key.to_string(), value.into(), revision).await.map_err(|e| match e.kind() {
             kv::UpdateErrorKind::WrongLastRevision => {
                 Error::RevisionMismatch { key: key.to_string(), expected: revision }
             }
@@ -241,6 +259,10 @@ impl StateStore {
             Ok(Change { revision: entry.revision, key: entry.key, record })
         }))
     }
+}
+
+fn record_key(record: &Record) -> Result<Key> {
+    Key::new(record.family(), record.id())
 }
 
 fn checked_key<T: Document>(doc: &T) -> Result<Key> {

@@ -146,6 +146,14 @@ fn shown(r: &Option<Record>) -> Option<Record> {
     })
 }
 
+/// An answers file's entry for `version`; `latest`, when the file has none, is the highest version.
+fn by_version<'a, V>(map: &'a BTreeMap<String, V>, version: &str) -> Option<&'a V> {
+    map.get(version).or_else(|| match version {
+        "latest" => map.iter().filter(|(k, _)| k.as_str() != "latest").map(|(_, v)| v).next_back(),
+        _ => None,
+    })
+}
+
 /// One immutable generation of answers. Requests hold an `Arc<Data>` for their whole life.
 pub struct Data {
     rendered: Mutex<RenderCache>,
@@ -206,20 +214,14 @@ impl Data {
         if let Some(lazy) = &self.lazy {
             return Api::from_name(version).map(|api| lazy.tree(api));
         }
-        self.defaults.get(version).or_else(|| match version {
-            "latest" => self.defaults.iter().filter(|(k, _)| k.as_str() != "latest").map(|(_, v)| v).next_back(),
-            _ => None,
-        })
+        by_version(&self.defaults, version)
     }
 
     /// The caller's own entry under `version` (a map), if it has one.
     pub fn caller(&self, version: &str, ip: &str) -> Option<Arc<Value>> {
         match &self.callers {
-            Callers::Static(by_version) => {
-                let entries = by_version.get(version).or_else(|| match version {
-                    "latest" => by_version.iter().filter(|(k, _)| k.as_str() != "latest").map(|(_, v)| v).next_back(),
-                    _ => None,
-                })?;
+            Callers::Static(entries) => {
+                let entries = by_version(entries, version)?;
                 entries.get(ip).cloned()
             }
             Callers::Snapshot { snap, built } => {

@@ -271,9 +271,14 @@ impl<'a> Builder<'a> {
     }
 
     fn stack(&self, st: &event_bus::model::Stack) -> Value {
-        let api = self.api;
-        let services: Vec<Value> =
+        let services =
             self.sorted_services(Some(&st.uuid)).iter().flat_map(|s| self.service_entries(s, false)).collect();
+        self.stack_with(st, services)
+    }
+
+    /// A stack object around its service entries (already built, in order).
+    fn stack_with(&self, st: &event_bus::model::Stack, services: Vec<Value>) -> Value {
+        let api = self.api;
         let mut m = Map::new();
         m.insert("name".into(), name(api, &st.name));
         m.insert("uuid".into(), json!(st.uuid));
@@ -341,14 +346,24 @@ pub fn default_tree(snap: &Snapshot, api: Api, ctx: &Context) -> Value {
     let b = Builder::new(snap, api);
     let mut containers: Vec<Arc<Container>> = snap.containers().cloned().collect();
     containers.sort_by(|a, b| (a.name.to_lowercase(), &a.uuid).cmp(&(b.name.to_lowercase(), &b.uuid)));
-    let services: Vec<Value> = b.sorted_services(None).iter().flat_map(|s| b.service_entries(s, false)).collect();
+    // Each service's entries are built once: the top-level list and its stack's list share them.
+    let mut by_stack: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let mut services: Vec<Value> = Vec::new();
+    for svc in b.sorted_services(None) {
+        let entries = b.service_entries(&svc, false);
+        by_stack.entry(svc.stack_uuid.clone()).or_default().extend(entries.iter().cloned());
+        services.extend(entries);
+    }
     let mut stacks: Vec<_> = snap.stacks().cloned().collect();
     stacks.sort_by(|a, b| (a.name.to_lowercase(), &a.uuid).cmp(&(b.name.to_lowercase(), &b.uuid)));
     let hosts = b.sorted_hosts();
     let mut root = Map::new();
     root.insert("containers".into(), Value::Array(containers.iter().map(|c| b.container(c)).collect()));
     root.insert("services".into(), Value::Array(services));
-    root.insert("stacks".into(), Value::Array(stacks.iter().map(|s| b.stack(s)).collect()));
+    root.insert(
+        "stacks".into(),
+        Value::Array(stacks.iter().map(|s| b.stack_with(s, by_stack.remove(&s.uuid).unwrap_or_default())).collect()),
+    );
     root.insert("hosts".into(), Value::Array(hosts.iter().enumerate().map(|(i, h)| b.host(h, i)).collect()));
     root.insert("networks".into(), json!([b.network()]));
     root.insert("name".into(), json!(b.env_name));

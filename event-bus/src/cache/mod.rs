@@ -303,7 +303,7 @@ async fn same_store(
     let mut attempt = 0;
     loop {
         match store.kv().stream.get_info().await {
-            Ok(info) => return info.created == *identity && info.state.last_sequence >= snap.version(),
+            Ok(info) => return is_same_store(&info, identity, snap),
             Err(e) => {
                 attempt += 1;
                 tracing::debug!(error = %e, attempt, "state cache: checking the bucket after a reconnect");
@@ -317,6 +317,11 @@ async fn same_store(
     }
 }
 
+/// The bucket is the one the cache was loaded from: same creation time, not behind the cache.
+fn is_same_store(info: &async_nats::jetstream::stream::Info, identity: &StoreIdentity, snap: &Snapshot) -> bool {
+    info.created == *identity && info.state.last_sequence >= snap.version()
+}
+
 /// Continues from the next revision, or reloads from scratch if the bucket is not the one the
 /// cache holds (recreated, or behind it).
 async fn resume(
@@ -326,7 +331,7 @@ async fn resume(
     identity: &mut StoreIdentity,
 ) -> Result<kv::Watch> {
     let info = store.kv().stream.get_info().await.map_err(|e| Error::nats("bucket info", e))?;
-    if info.created != *identity || info.state.last_sequence < snap.version() {
+    if !is_same_store(&info, identity, snap) {
         let (fresh, w, id) = cold_load(store, &shared.metrics).await?;
         tracing::warn!(old = snap.version(), new = fresh.version(), "state cache: reloaded from a different store");
         *snap = fresh;

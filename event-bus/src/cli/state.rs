@@ -94,29 +94,11 @@ pub async fn run(common: &CommonArgs, cmd: StateCommand) -> anyhow::Result<()> {
         StateCommand::Put { create, if_revision, .. } => {
             let record = parsed_put.expect("parsed above");
             let revision = match (create, if_revision) {
-                (true, _) => {
-                    store.kv().create(record_key(&record), crate::keys::encode(&record).into()).await.map_err(|e| {
-                        match e.kind() {
-                            async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
-                                Error::AlreadyExists { key: record_key(&record) }
-                            }
-                            _ => Error::Nats { op: "create", source: Box::new(e) },
-                        }
-                    })?
-                }
-                (false, Some(rev)) => {
-                    store.kv().update(record_key(&record), crate::keys::encode(&record).into(), rev).await.map_err(
-                        |e| match e.kind() {
-                            async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
-                                Error::RevisionMismatch { key: record_key(&record), expected: rev }
-                            }
-                            _ => Error::Nats { op: "update", source: Box::new(e) },
-                        },
-                    )?
-                }
+                (true, _) => store.create_record(&record).await?,
+                (false, Some(rev)) => store.update_record(&record, rev).await?,
                 (false, None) => store.put_record(&record).await?,
             };
-            println!("stored {} at revision {revision}", record_key(&record));
+            println!("stored {} at revision {revision}", Key::new(record.family(), record.id())?);
         }
         StateCommand::Delete { key } => {
             let key: Key = key.parse()?;
@@ -174,10 +156,6 @@ fn shown(record: &crate::keys::Record, show_secrets: bool) -> anyhow::Result<Val
         v["key"] = Value::String("<redacted>".into());
     }
     Ok(v)
-}
-
-fn record_key(record: &crate::keys::Record) -> String {
-    format!("{}.{}", record.family().prefix(), record.id())
 }
 
 /// Reads and validates the document for `put`; the error names the file, line or field.
