@@ -233,6 +233,8 @@ async fn follow(
     let mut watcher = Some(watcher);
     let mut identity = identity;
     let mut link = shared.bus.link_watch();
+    // The connection the cache was loaded over is not a reconnect.
+    link.borrow_and_update();
     let mut attempt = 0u32;
     loop {
         let mut w = match watcher.take() {
@@ -280,7 +282,10 @@ async fn follow(
                         if !same_store(&store, &identity, &snap, &link).await {
                             break "the server came back with a different store".to_string();
                         }
-                        shared.watching.store(true, Ordering::SeqCst);
+                        // Same store: open a fresh watch from the next revision now, rather than
+                        // wait for the old consumer to notice (after losing a cluster node that
+                        // took up to tens of seconds).
+                        break "reconnected: resuming the watch from the next revision".to_string();
                     }
                 }
             }
