@@ -45,7 +45,10 @@ pub fn init(service: &'static str, format: LogFormat, filter: &str) -> anyhow::R
     }
     // async-nats prints its connect options, credentials included, at debug level: never let
     // those lines through, whatever filter was asked for.
-    .add_directive("async_nats=info".parse()?);
+    .add_directive("async_nats=info".parse()?)
+    // hickory-server logs every query and answer at info level: a line per packet is a
+    // benchmark's worth of I/O, not a log. Its warnings still get through.
+    .add_directive("hickory_server=warn".parse()?);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),

@@ -1,0 +1,20 @@
+//! `rancher-dns`: Rancher's service-discovery DNS served from Corral's state.
+//!
+//! - [`answers`]: one generation of names, per caller;
+//! - [`naming`]: Rancher's naming rules, from a state snapshot;
+//! - [`file`]: the original answers-file format;
+//! - [`resolve`]: local resolution with server-side search (pure);
+//! - [`forward`] and [`cache`]: upstream forwarding and its TTL-honouring cache;
+//! - [`server`]: the hickory-server handler;
+//! - [`source`]: keeping the answers current;
+//! - [`metrics`]: `corral_dns_*`.
+
+pub mod answers;
+pub mod cache;
+pub mod file;
+pub mod forward;
+pub mod metrics;
+pub mod naming;
+pub mod resolve;
+pub mod server;
+pub mod source;

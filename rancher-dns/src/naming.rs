@@ -1,0 +1,389 @@
+//! Rancher's naming rules: a state snapshot → [`Answers`]. Pure; the rules are listed in the
+//! README ("Names served").
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use event_bus::model::{Container, Service, ServiceKind, Stack};
+use event_bus::Snapshot;
+use hickory_proto::rr::Name;
+
+use crate::answers::{fqdn, reverse_name, Answers, Entry, SrvTarget, View, ZONE};
+
+/// Label that reorders or drops the Rancher search domains of a container.
+pub const DNS_PRIORITY_LABEL: &str = "io.rancher.container.dns.priority";
+
+#[derive(Debug, Clone)]
+pub struct NamingConfig {
+    /// TTL of every local record.
+    pub ttl: u32,
+    /// Addresses of `rancher-metadata.rancher.internal.`.
+    pub metadata_answer: Vec<Ipv4Addr>,
+}
+
+/// Builds the answers for a snapshot.
+pub fn answers(snap: &Snapshot, cfg: &NamingConfig) -> Answers {
+    let mut b = Builder { snap, names: HashMap::new(), service_entries: HashMap::new() };
+    b.services();
+    b.aliases();
+    b.containers();
+    if !cfg.metadata_answer.is_empty() {
+        let entry = Entry { a: cfg.metadata_answer.clone(), ..Default::default() };
+        b.names.insert(format!("rancher-metadata.{ZONE}").into(), Arc::new(entry));
+    }
+    let clients = b.clients();
+    Answers {
+        serial: snap.version() as u32,
+        ttl: cfg.ttl,
+        authoritative: vec![ZONE.into()],
+        default: View { search: Arc::from(vec![Box::<str>::from(ZONE)]), recurse: Arc::from(vec![]), names: b.names },
+        clients,
+    }
+}
+
+struct Builder<'a> {
+    snap: &'a Snapshot,
+    names: HashMap<Box<str>, Arc<Entry>>,
+    /// The entry of each service's primary name, for aliases and links.
+    service_entries: HashMap<String, Arc<Entry>>,
+}
+
+fn live(state: &str) -> bool {
+    !matches!(state, "removed" | "removing" | "purged" | "purging")
+}
+
+/// A container's address on the managed network: its own, or that of the container whose
+/// network it shares (`network_mode: container:<x>`).
+fn container_ip(snap: &Snapshot, c: &Container) -> Option<Ipv4Addr> {
+    let ip = match &c.network_from_container_uuid {
+        Some(other) => snap.container(other).and_then(|o| o.primary_ip.clone()),
+        None => c.primary_ip.clone(),
+    };
+    ip.and_then(|ip| ip.parse().ok())
+}
+
+fn container_state(snap: &Snapshot, c: &Container) -> String {
+    // No observed status yet: the agent has not reported, the container is still starting
+    // (the same reading metadata gives).
+    snap.status(&c.uuid).map(|s| s.state.clone()).unwrap_or_else(|| "starting".into())
+}
+
+/// Rancher's rule: running or starting, and healthy (or without a health check).
+fn usable(snap: &Snapshot, svc: &Service, c: &Container) -> bool {
+    if !matches!(container_state(snap, c).as_str(), "running" | "starting") {
+        return false;
+    }
+    let health = snap.health(&c.uuid).map(|h| h.health_state.as_str()).unwrap_or("");
+    match health {
+        "healthy" | "updating-healthy" => true,
+        "" => c.health_check.is_none() && svc.launch_config.health_check.is_none(),
+        _ => false,
+    }
+}
+
+impl<'a> Builder<'a> {
+    fn stack_of(&self, svc: &Service) -> Option<&'a Arc<Stack>> {
+        self.snap.stack(&svc.stack_uuid).filter(|st| live(&st.state))
+    }
+
+    /// The containers of one launch config (`None` = the primary), oldest first.
+    fn members(&self, svc: &'a Service, launch_config: Option<&str>) -> Vec<&'a Arc<Container>> {
+        let snap: &'a Snapshot = self.snap;
+        let mut v: Vec<&'a Arc<Container>> = snap
+            .containers_of_service(&svc.uuid)
+            .filter(|c| {
+                let lc = c.launch_config_name.as_deref().filter(|n| *n != svc.name);
+                lc == launch_config && c.desired_state != "removed"
+            })
+            .collect();
+        v.sort_by(|a, b| (a.create_index, &a.name).cmp(&(b.create_index, &b.name)));
+        v
+    }
+
+    /// The containers a service name points to, with their addresses. When none is usable the
+    /// name does not vanish: it points to the newest running container, or else the newest one.
+    fn targets(&self, svc: &'a Service, launch_config: Option<&str>) -> Vec<(&'a Arc<Container>, Ipv4Addr)> {
+        let with_ip: Vec<(&'a Arc<Container>, Ipv4Addr)> = self
+            .members(svc, launch_config)
+            .into_iter()
+            .filter_map(|c| container_ip(self.snap, c).map(|ip| (c, ip)))
+            .collect();
+        let good: Vec<_> = with_ip.iter().filter(|(c, _)| usable(self.snap, svc, c)).cloned().collect();
+        if !good.is_empty() || with_ip.is_empty() {
+            return good;
+        }
+        let running = with_ip.iter().rev().find(|(c, _)| container_state(self.snap, c) == "running");
+        vec![*running.unwrap_or_else(|| with_ip.last().expect("not empty"))]
+    }
+
+    fn services(&mut self) {
+        let snap: &'a Snapshot = self.snap;
+        let mut services: Vec<&'a Arc<Service>> = snap.services().filter(|s| live(&s.state)).collect();
+        services.sort_by(|a, b| (a.create_index, &a.uuid).cmp(&(b.create_index, &b.uuid)));
+        for svc in services {
+            let Some(stack) = self.stack_of(svc) else { continue };
+            let base = format!("{}.{}.{ZONE}", svc.name.to_ascii_lowercase(), stack.name.to_ascii_lowercase());
+            match svc.kind {
+                ServiceKind::Alias => continue, // after every other service exists
+                ServiceKind::External => {
+                    let entry = Entry {
+                        a: svc.external_ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+                        cname: svc.hostname.as_deref().and_then(|h| Name::from_ascii(fqdn(h)).ok()),
+                        ..Default::default()
+                    };
+                    self.insert_service(svc, base, entry);
+                }
+                _ => {
+                    let targets = self.targets(svc, None);
+                    let vip = svc.vip.as_deref().and_then(|v| v.parse::<Ipv4Addr>().ok());
+                    let entry = Entry {
+                        a: match vip {
+                            Some(vip) => vec![vip],
+                            None => targets.iter().map(|(_, ip)| *ip).collect(),
+                        },
+                        ..Default::default()
+                    };
+                    self.srv(&base, &svc.launch_config, &targets);
+                    self.insert_service(svc, base.clone(), entry);
+                    for lc in &svc.secondary_launch_configs {
+                        let Some(name) = lc.name.as_deref() else { continue };
+                        let targets = self.targets(svc, Some(name));
+                        let sidekick = format!("{}.{base}", name.to_ascii_lowercase());
+                        self.srv(&sidekick, lc, &targets);
+                        let entry = Entry { a: targets.iter().map(|(_, ip)| *ip).collect(), ..Default::default() };
+                        self.names.insert(sidekick.into(), Arc::new(entry));
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert_service(&mut self, svc: &Service, name: String, entry: Entry) {
+        let entry = Arc::new(entry);
+        self.service_entries.insert(svc.uuid.clone(), entry.clone());
+        self.names.insert(name.into(), entry);
+    }
+
+    /// `_<port>._<proto>.<name>`: one SRV per target container, for each port the launch config
+    /// publishes or exposes.
+    fn srv(&mut self, name: &str, lc: &event_bus::model::LaunchConfig, targets: &[(&Arc<Container>, Ipv4Addr)]) {
+        let mut seen = HashSet::new();
+        for spec in lc.ports.iter().chain(&lc.expose) {
+            let Some((port, proto)) = private_port(spec) else { continue };
+            if !seen.insert((port, proto.clone())) {
+                continue;
+            }
+            let srv = targets
+                .iter()
+                .filter_map(|(c, ip)| {
+                    let target = Name::from_ascii(format!("{}.{ZONE}", c.name.to_ascii_lowercase())).ok()?;
+                    Some(SrvTarget { port, target, addr: Some(*ip) })
+                })
+                .collect();
+            let entry = Entry { srv, ..Default::default() };
+            self.names.insert(format!("_{port}._{proto}.{name}").into(), Arc::new(entry));
+        }
+    }
+
+    /// Alias (`dnsService`) services: the union of their targets' addresses, following aliases
+    /// of aliases; a cycle stops at the first repeat instead of spinning (rancher/rancher#7922).
+    fn aliases(&mut self) {
+        let aliases: Vec<Arc<Service>> =
+            self.snap.services().filter(|s| s.kind == ServiceKind::Alias && live(&s.state)).cloned().collect();
+        for svc in &aliases {
+            let Some(stack) = self.stack_of(svc) else { continue };
+            let mut seen = HashSet::from([svc.uuid.clone()]);
+            let entry = self.resolve_alias(svc, &mut seen);
+            let name = format!("{}.{}.{ZONE}", svc.name.to_ascii_lowercase(), stack.name.to_ascii_lowercase());
+            self.insert_service(svc, name, entry);
+        }
+    }
+
+    fn resolve_alias(&self, svc: &Service, seen: &mut HashSet<String>) -> Entry {
+        let mut out = Entry::default();
+        for key in svc.links.keys() {
+            let Some(target) = self.link_target(svc, key) else { continue };
+            if !seen.insert(target.uuid.clone()) {
+                tracing::debug!(alias = %svc.name, target = %target.name, "alias loop or repeat ignored");
+                continue;
+            }
+            let entry = if target.kind == ServiceKind::Alias {
+                self.resolve_alias(target, seen)
+            } else {
+                self.service_entries.get(&target.uuid).map(|e| (**e).clone()).unwrap_or_default()
+            };
+            // A target that is a CNAME (external hostname) makes the alias that CNAME.
+            if out.cname.is_none() {
+                out.cname = entry.cname;
+            }
+            for ip in entry.a {
+                if !out.a.contains(&ip) {
+                    out.a.push(ip);
+                }
+            }
+        }
+        out
+    }
+
+    /// A service link key: `<stack>/<service>`, or `<service>` in the linking service's stack.
+    fn link_target(&self, from: &Service, key: &str) -> Option<&Arc<Service>> {
+        let (stack_uuid, name) = match key.split_once('/') {
+            Some((stack, name)) => (self.snap.stack_by_name(stack)?.uuid.clone(), name),
+            None => (from.stack_uuid.clone(), key),
+        };
+        self.snap.service_by_name(&stack_uuid, name).filter(|s| live(&s.state))
+    }
+
+    fn containers(&mut self) {
+        let mut ptr_owner: HashMap<Ipv4Addr, &Arc<Container>> = HashMap::new();
+        for c in self.snap.containers() {
+            if c.desired_state == "removed" {
+                continue;
+            }
+            let Some(ip) = container_ip(self.snap, c) else { continue };
+            let name = format!("{}.{ZONE}", c.name.to_ascii_lowercase());
+            self.names.insert(name.into(), Arc::new(Entry { a: vec![ip], ..Default::default() }));
+            if c.network_from_container_uuid.is_none() {
+                // Two records claiming one address (a stale one not yet cleaned up): the newest wins.
+                let newer = |old: &Arc<Container>| (c.create_index, &c.name) > (old.create_index, &old.name);
+                if ptr_owner.get(&ip).is_none_or(|old| newer(old)) {
+                    ptr_owner.insert(ip, c);
+                }
+            }
+        }
+        for (ip, c) in ptr_owner {
+            let Ok(target) = Name::from_ascii(format!("{}.{ZONE}", c.name.to_ascii_lowercase())) else { continue };
+            self.names.insert(reverse_name(ip).into(), Arc::new(Entry { ptr: Some(target), ..Default::default() }));
+        }
+    }
+
+    /// One view per container with an address: its search list, its upstreams and its links.
+    fn clients(&self) -> HashMap<IpAddr, View> {
+        let mut out = HashMap::new();
+        for c in self.snap.containers() {
+            if c.desired_state == "removed" {
+                continue;
+            }
+            let Some(ip) = container_ip(self.snap, c) else { continue };
+            let svc = c.service_uuid.as_deref().and_then(|u| self.snap.service(u));
+            let stack = svc.and_then(|s| self.stack_of(s));
+            let lc = svc.map(|s| match c.launch_config_name.as_deref().filter(|n| *n != s.name) {
+                Some(n) => s.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(n)).unwrap_or(&s.launch_config),
+                None => &s.launch_config,
+            });
+            let view = View {
+                search: self.search(c, svc, stack, lc).into(),
+                recurse: recurse_list(if c.dns.is_empty() { lc.map(|l| &l.dns[..]).unwrap_or(&[]) } else { &c.dns }).into(),
+                names: self.links(c, svc),
+            };
+            // The newest container wins an address two records claim.
+            match out.entry(IpAddr::V4(ip)) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((c.create_index, view));
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    if c.create_index > o.get().0 {
+                        o.insert((c.create_index, view));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|(ip, (_, v))| (ip, v)).collect()
+    }
+
+    fn search(
+        &self,
+        c: &Container,
+        svc: Option<&Arc<Service>>,
+        stack: Option<&Arc<Stack>>,
+        lc: Option<&event_bus::model::LaunchConfig>,
+    ) -> Vec<Box<str>> {
+        let mut rancher: Vec<String> = Vec::new();
+        if let (Some(svc), Some(stack)) = (svc, stack) {
+            let stack_domain = format!("{}.{ZONE}", stack.name.to_ascii_lowercase());
+            rancher.push(stack_domain.clone());
+            rancher.push(format!("{}.{stack_domain}", svc.name.to_ascii_lowercase()));
+        }
+        rancher.push(ZONE.to_string());
+        let user_list = if c.dns_search.is_empty() { lc.map(|l| &l.dns_search[..]).unwrap_or(&[]) } else { &c.dns_search };
+        let user: Vec<String> = user_list.iter().filter(|s| !s.trim().is_empty()).map(|s| fqdn(s)).collect();
+        let priority = c.labels.get(DNS_PRIORITY_LABEL).map(|v| v.to_ascii_lowercase());
+        let ordered: Vec<String> = match priority.as_deref() {
+            Some("none") => user,
+            Some("service_last") => user.into_iter().chain(rancher).collect(),
+            _ => rancher.into_iter().chain(user).collect(),
+        };
+        let mut seen = HashSet::new();
+        ordered.into_iter().filter(|s| seen.insert(s.clone())).map(Into::into).collect()
+    }
+
+    /// Names only this caller sees: `<alias>.rancher.internal.` and `<alias>.<linked stack>.rancher.internal.`
+    /// for each service link, `<link>.rancher.internal.` for each container link (a service
+    /// link of the same name wins).
+    fn links(&self, c: &Container, svc: Option<&Arc<Service>>) -> HashMap<Box<str>, Arc<Entry>> {
+        let mut names = HashMap::new();
+        for (link, target) in &c.links {
+            let Some(ip) = self.snap.container(target).and_then(|t| container_ip(self.snap, t)) else { continue };
+            names.insert(format!("{}.{ZONE}", link.to_ascii_lowercase()).into(), Arc::new(Entry { a: vec![ip], ..Default::default() }));
+        }
+        if let Some(svc) = svc {
+            for (key, alias) in &svc.links {
+                let Some(target) = self.link_target(svc, key) else { continue };
+                let Some(entry) = self.service_entries.get(&target.uuid) else { continue };
+                let Some(stack) = self.snap.stack(&target.stack_uuid) else { continue };
+                let alias = if alias.is_empty() { &target.name } else { alias }.to_ascii_lowercase();
+                names.insert(format!("{alias}.{ZONE}").into(), entry.clone());
+                names.insert(format!("{alias}.{}.{ZONE}", stack.name.to_ascii_lowercase()).into(), entry.clone());
+            }
+        }
+        names
+    }
+}
+
+/// `8080:80/tcp`, `0.0.0.0:8080:80`, `80/udp`, `80` → the container-side port and protocol.
+fn private_port(spec: &str) -> Option<(u16, String)> {
+    let (ports, proto) = match spec.rsplit_once('/') {
+        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+        None => (spec, "tcp".to_string()),
+    };
+    let port = ports.rsplit(':').next()?.parse().ok()?;
+    matches!(proto.as_str(), "tcp" | "udp").then_some((port, proto))
+}
+
+/// A container's `dns` entries as upstream addresses (`ip` or `ip:port`); entries that are not
+/// addresses are skipped.
+pub fn recurse_list(entries: &[String]) -> Vec<SocketAddr> {
+    entries.iter().filter_map(|e| parse_upstream(e)).collect()
+}
+
+/// `1.2.3.4`, `1.2.3.4:5353`, `::1`, `[::1]:5353` → a socket address (port 53 by default).
+pub fn parse_upstream(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(private_port("8080:80/tcp"), Some((80, "tcp".into())));
+        assert_eq!(private_port("0.0.0.0:8080:80"), Some((80, "tcp".into())));
+        assert_eq!(private_port("53/UDP"), Some((53, "udp".into())));
+        assert_eq!(private_port("x"), None);
+        assert_eq!(private_port("80/sctp"), None);
+    }
+
+    #[test]
+    fn upstreams() {
+        assert_eq!(parse_upstream("10.0.0.2"), Some("10.0.0.2:53".parse().unwrap()));
+        assert_eq!(parse_upstream("127.0.0.1:5353"), Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(parse_upstream("[::1]:54"), Some("[::1]:54".parse().unwrap()));
+        assert_eq!(parse_upstream("nope"), None);
+    }
+}
