@@ -65,7 +65,12 @@ impl Answers {
     pub fn zone_of(&self, name: &str) -> Option<&str> {
         self.authoritative
             .iter()
-            .find(|z| name == &***z || (name.len() > z.len() && name.ends_with(&***z) && name.as_bytes()[name.len() - z.len() - 1] == b'.'))
+            .find(|z| {
+                name == &***z
+                    || (name.len() > z.len()
+                        && name.ends_with(&***z)
+                        && name.as_bytes()[name.len() - z.len() - 1] == b'.')
+            })
             .map(|z| &**z)
     }
 

@@ -206,9 +206,10 @@ mod tests {
         assert!(e.contains("default") && e.contains("unknown field `aa`"), "{e}");
 
         let long = "x".repeat(300);
-        let e = parse("f.json", &format!(r#"{{"default": {{"txt": {{"t.": {{"answer": ["{long}"]}}}}}}}}"#), true, 1, 1)
-            .unwrap_err()
-            .to_string();
+        let e =
+            parse("f.json", &format!(r#"{{"default": {{"txt": {{"t.": {{"answer": ["{long}"]}}}}}}}}"#), true, 1, 1)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("255"), "{e}");
 
         let e = parse("f.yaml", "default:\n  a: [1, 2\n", false, 1, 1).unwrap_err().to_string();

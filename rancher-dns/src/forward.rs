@@ -39,7 +39,11 @@ impl Guard {
     }
 
     fn allowed(&self, a: &SocketAddr) -> bool {
-        !self.never.contains(&a.ip()) && !self.own.iter().any(|o| o == a || (o.port() == a.port() && o.ip().is_unspecified() && a.ip().is_loopback()))
+        !self.never.contains(&a.ip())
+            && !self
+                .own
+                .iter()
+                .any(|o| o == a || (o.port() == a.port() && o.ip().is_unspecified() && a.ip().is_loopback()))
     }
 }
 
@@ -130,7 +134,8 @@ impl Forwarder {
         let bytes = query.to_vec().map_err(|e| TryError::Proto(e.to_string()))?;
         let deadline = tokio::time::Instant::now() + self.timeout;
 
-        let reply = tokio::time::timeout_at(deadline, udp(&bytes, &query, upstream)).await.map_err(|_| TryError::Timeout)??;
+        let reply =
+            tokio::time::timeout_at(deadline, udp(&bytes, &query, upstream)).await.map_err(|_| TryError::Timeout)??;
         if !reply.metadata.truncation {
             return Ok(reply);
         }
@@ -200,15 +205,20 @@ mod tests {
             never: ["169.254.169.250".parse().unwrap()].into(),
             own: vec!["127.0.0.1:5353".parse().unwrap(), "0.0.0.0:53".parse().unwrap()],
         };
-        let list: Vec<SocketAddr> = ["169.254.169.250:53", "127.0.0.11:53", "127.0.0.1:5353", "127.0.0.1:5300", "10.0.0.2:53"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let list: Vec<SocketAddr> =
+            ["169.254.169.250:53", "127.0.0.11:53", "127.0.0.1:5353", "127.0.0.1:5300", "10.0.0.2:53"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect();
         let kept = |v: Vec<SocketAddr>| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         assert_eq!(kept(g.filter(&list)), ["127.0.0.1:5300", "10.0.0.2:53"]);
         // The operator may name a loopback resolver on port 53, but never us.
         let explicit: Vec<SocketAddr> = vec!["127.0.0.53:53".parse().unwrap(), "127.0.0.1:5353".parse().unwrap()];
-        assert_eq!(kept(g.filter_explicit(&explicit)), Vec::<String>::new(), "0.0.0.0:53 is us on every loopback address");
+        assert_eq!(
+            kept(g.filter_explicit(&explicit)),
+            Vec::<String>::new(),
+            "0.0.0.0:53 is us on every loopback address"
+        );
     }
 
     #[test]

@@ -89,7 +89,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let mut list = Vec::new();
         for u in &args.upstream {
-            list.push(parse_upstream(u).with_context(|| format!("--upstream {u:?}: expected an IP address, optionally with :port"))?);
+            list.push(
+                parse_upstream(u)
+                    .with_context(|| format!("--upstream {u:?}: expected an IP address, optionally with :port"))?,
+            );
         }
         guard.filter_explicit(&list)
     };
@@ -138,9 +141,11 @@ async fn main() -> anyhow::Result<()> {
     let admin_addr = args.common.admin_addr.unwrap_or(DEFAULT_ADMIN.parse().expect("valid default"));
     let _admin = admin::AdminServer::start(admin_addr, metrics, readiness).await.context("admin server")?;
 
-    let sockets = args.udp_sockets.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let (mut server, local) =
-        server::bind(args.listen, Handler(shared), sockets).await.with_context(|| format!("listening on {}", args.listen))?;
+    let sockets =
+        args.udp_sockets.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let (mut server, local) = server::bind(args.listen, Handler(shared), sockets)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     tracing::info!(addr = %local, udp_sockets = sockets, "DNS listening on UDP and TCP");
     shutdown::signal().await;
     tracing::info!("shutting down");

@@ -74,7 +74,8 @@ impl DnsMetrics {
             })
             .collect();
         let answer_family: Family<Labels, Histogram> = Family::new_with_constructor(latency_buckets);
-        let answer = ["local", "forwarded", "rejected"].map(|s| answer_family.get_or_create(&vec![("source", s.into())]).clone());
+        let answer = ["local", "forwarded", "rejected"]
+            .map(|s| answer_family.get_or_create(&vec![("source", s.into())]).clone());
         let m = DnsMetrics {
             queries,
             fast,
@@ -88,7 +89,11 @@ impl DnsMetrics {
             generations: Counter::default(),
             rebuild: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         };
-        metrics.register("corral_dns_queries", "DNS queries answered, by query type and response code", m.queries.clone());
+        metrics.register(
+            "corral_dns_queries",
+            "DNS queries answered, by query type and response code",
+            m.queries.clone(),
+        );
         metrics.register(
             "corral_dns_answer_duration_seconds",
             "Time from receiving a query to handing its answer to the socket, by where the answer came from",
@@ -107,7 +112,11 @@ impl DnsMetrics {
             "Upstream tries that failed, by upstream and reason (timeout, error, servfail, refused)",
             m.upstream_failures.clone(),
         );
-        metrics.register("corral_dns_names", "Names in the current generation of answers (shared view)", m.names.clone());
+        metrics.register(
+            "corral_dns_names",
+            "Names in the current generation of answers (shared view)",
+            m.names.clone(),
+        );
         metrics.register("corral_dns_generations", "Generations of answers swapped in", m.generations.clone());
         metrics.register(
             "corral_dns_rebuild_duration_seconds",

@@ -269,12 +269,15 @@ impl<'a> Builder<'a> {
             let svc = c.service_uuid.as_deref().and_then(|u| self.snap.service(u));
             let stack = svc.and_then(|s| self.stack_of(s));
             let lc = svc.map(|s| match c.launch_config_name.as_deref().filter(|n| *n != s.name) {
-                Some(n) => s.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(n)).unwrap_or(&s.launch_config),
+                Some(n) => {
+                    s.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(n)).unwrap_or(&s.launch_config)
+                }
                 None => &s.launch_config,
             });
             let view = View {
                 search: self.search(c, svc, stack, lc).into(),
-                recurse: recurse_list(if c.dns.is_empty() { lc.map(|l| &l.dns[..]).unwrap_or(&[]) } else { &c.dns }).into(),
+                recurse: recurse_list(if c.dns.is_empty() { lc.map(|l| &l.dns[..]).unwrap_or(&[]) } else { &c.dns })
+                    .into(),
                 names: self.links(c, svc),
             };
             // The newest container wins an address two records claim.
@@ -306,7 +309,8 @@ impl<'a> Builder<'a> {
             rancher.push(format!("{}.{stack_domain}", svc.name.to_ascii_lowercase()));
         }
         rancher.push(ZONE.to_string());
-        let user_list = if c.dns_search.is_empty() { lc.map(|l| &l.dns_search[..]).unwrap_or(&[]) } else { &c.dns_search };
+        let user_list =
+            if c.dns_search.is_empty() { lc.map(|l| &l.dns_search[..]).unwrap_or(&[]) } else { &c.dns_search };
         let user: Vec<String> = user_list.iter().filter(|s| !s.trim().is_empty()).map(|s| fqdn(s)).collect();
         let priority = c.labels.get(DNS_PRIORITY_LABEL).map(|v| v.to_ascii_lowercase());
         let ordered: Vec<String> = match priority.as_deref() {
@@ -325,7 +329,10 @@ impl<'a> Builder<'a> {
         let mut names = HashMap::new();
         for (link, target) in &c.links {
             let Some(ip) = self.snap.container(target).and_then(|t| container_ip(self.snap, t)) else { continue };
-            names.insert(format!("{}.{ZONE}", link.to_ascii_lowercase()).into(), Arc::new(Entry { a: vec![ip], ..Default::default() }));
+            names.insert(
+                format!("{}.{ZONE}", link.to_ascii_lowercase()).into(),
+                Arc::new(Entry { a: vec![ip], ..Default::default() }),
+            );
         }
         if let Some(svc) = svc {
             for (key, alias) in &svc.links {

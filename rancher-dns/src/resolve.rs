@@ -36,9 +36,15 @@ pub struct Options {
 }
 
 /// Finds the entry `qname` (lowercase, trailing dot) means for this caller: the caller's own names
-/// and search suffixes first, then the shared names, then the shared search suffixes. Returns the
+/// and search suffixes first, then the shared names, then the shared search suffixes (on the
+/// caller's names, then the shared ones). Returns the
 /// entry with the full name that matched.
-pub fn find<'a>(answers: &'a Answers, client: Option<&'a View>, qname: &str, ndots: u32) -> Option<(String, &'a Arc<Entry>)> {
+pub fn find<'a>(
+    answers: &'a Answers,
+    client: Option<&'a View>,
+    qname: &str,
+    ndots: u32,
+) -> Option<(String, &'a Arc<Entry>)> {
     let searching = ndots == 0 || (dots(qname) as u32) < ndots;
     // Client suffixes are not tried on names already under our zones, as the original.
     let client_suffixes = searching && answers.zone_of(qname).is_none();
@@ -69,9 +75,12 @@ pub fn find<'a>(answers: &'a Answers, client: Option<&'a View>, qname: &str, ndo
         }
     }
     if searching {
+        // The shared suffixes apply to everyone, and to the caller's own names too.
         for s in answers.default.search.iter() {
             join(&mut candidate, qname, s);
-            if let Some(e) = shared.get(candidate.as_str()) {
+            if let Some(e) =
+                client.and_then(|v| v.names.get(candidate.as_str())).or_else(|| shared.get(candidate.as_str()))
+            {
                 return Some((candidate, e));
             }
         }
@@ -119,11 +128,19 @@ pub fn resolve(answers: &Answers, client_ip: IpAddr, owner: &Name, qtype: Record
         }
         RecordType::CNAME if entry.cname.is_some() => {
             let target = entry.cname.clone().expect("checked");
-            Outcome::Local { answers: vec![record(owner, ttl, RData::CNAME(CNAME(target)))], additionals: vec![], soa: None }
+            Outcome::Local {
+                answers: vec![record(owner, ttl, RData::CNAME(CNAME(target)))],
+                additionals: vec![],
+                soa: None,
+            }
         }
         RecordType::PTR if entry.ptr.is_some() => {
             let target = entry.ptr.clone().expect("checked");
-            Outcome::Local { answers: vec![record(owner, ttl, RData::PTR(PTR(target)))], additionals: vec![], soa: None }
+            Outcome::Local {
+                answers: vec![record(owner, ttl, RData::PTR(PTR(target)))],
+                additionals: vec![],
+                soa: None,
+            }
         }
         RecordType::TXT if !entry.txt.is_empty() => Outcome::Local {
             answers: entry.txt.iter().map(|t| record(owner, ttl, RData::TXT(TXT::new(vec![t.clone()])))).collect(),

@@ -129,7 +129,8 @@ impl RequestHandler for Handler {
         };
         if let Some(code) = reject {
             md.response_code = code;
-            let info = send(&mut rh, request, builder.build(md, None.iter(), None.iter(), None.iter(), None.iter())).await;
+            let info =
+                send(&mut rh, request, builder.build(md, None.iter(), None.iter(), None.iter(), None.iter())).await;
             shared.metrics.query(qtype, code, Source::Rejected, started.elapsed());
             return info;
         }
@@ -179,7 +180,13 @@ impl RequestHandler for Handler {
                     Some(f) => {
                         md.response_code = f.answer.rcode;
                         let a = &f.answer;
-                        let resp = builder.build(md, a.answers.iter(), a.authorities.iter(), None.iter(), a.additionals.iter());
+                        let resp = builder.build(
+                            md,
+                            a.answers.iter(),
+                            a.authorities.iter(),
+                            None.iter(),
+                            a.additionals.iter(),
+                        );
                         (Source::Forwarded, send(&mut rh, request, resp).await)
                     }
                     None => {
@@ -223,7 +230,11 @@ async fn send<'a, R: ResponseHandler>(
 
 /// Binds UDP and TCP on `addr` and serves until the returned server is shut down.
 /// `udp_sockets` UDP sockets share the port (SO_REUSEPORT) so several cores receive.
-pub async fn bind(addr: SocketAddr, handler: Handler, udp_sockets: usize) -> std::io::Result<(Server<Handler>, SocketAddr)> {
+pub async fn bind(
+    addr: SocketAddr,
+    handler: Handler,
+    udp_sockets: usize,
+) -> std::io::Result<(Server<Handler>, SocketAddr)> {
     let mut server = Server::new(handler);
     let first = udp_socket(addr)?;
     let local = first.local_addr()?;

@@ -48,8 +48,11 @@ async fn fixture(store: &StateStore, second_upstream: &str) {
     let mut web = fixtures::service("s-web", "st1", "web");
     web.scale = Some(2);
     web.launch_config.ports = vec!["8080:80/tcp".into()];
-    web.secondary_launch_configs =
-        vec![event_bus::model::LaunchConfig { name: Some("logger".into()), expose: vec!["514/udp".into()], ..Default::default() }];
+    web.secondary_launch_configs = vec![event_bus::model::LaunchConfig {
+        name: Some("logger".into()),
+        expose: vec!["514/udp".into()],
+        ..Default::default()
+    }];
     web.links.insert("db/mysql".into(), "database".into());
     store.put(&web).await.unwrap();
     for (uuid, name, ip) in [("c-web1", "app-web-1", WEB1), ("c-web2", "app-web-2", WEB2)] {
@@ -218,7 +221,8 @@ async fn rancher_names_for_every_caller() {
     // SRV from the service's ports, with the containers' addresses as glue.
     let d = dns.dig(STRANGER, &["_80._tcp.web.app.rancher.internal", "SRV"]);
     assert_eq!(d.data("SRV"), ["0 1 80 app-web-1.rancher.internal.", "0 1 80 app-web-2.rancher.internal."]);
-    let mut glue: Vec<String> = d.additional.iter().filter(|r| r.2 == "A").map(|r| format!("{} {}", r.0, r.3)).collect();
+    let mut glue: Vec<String> =
+        d.additional.iter().filter(|r| r.2 == "A").map(|r| format!("{} {}", r.0, r.3)).collect();
     glue.sort();
     assert_eq!(glue, [format!("app-web-1.rancher.internal. {WEB1}"), format!("app-web-2.rancher.internal. {WEB2}")]);
     assert_eq!(
@@ -258,7 +262,8 @@ async fn state_changes_show_in_the_next_answer() {
 
     // A container stops.
     store.put(&fixtures::status("c-web3", "h1", "stopped")).await.unwrap();
-    let stopped = common::within(Duration::from_secs(1), "stopped container dropped", || web(dns) == vec![WEB2.to_string()]);
+    let stopped =
+        common::within(Duration::from_secs(1), "stopped container dropped", || web(dns) == vec![WEB2.to_string()]);
 
     // The service is removed: the name is gone (NXDOMAIN), other names are untouched.
     store.delete(&Key::new(event_bus::Family::Service, "s-web").unwrap()).await.unwrap();
@@ -266,7 +271,9 @@ async fn state_changes_show_in_the_next_answer() {
         dns.dig(STRANGER, &["web.app.rancher.internal"]).status == "NXDOMAIN"
     });
     assert_eq!(dns.dig(STRANGER, &["mysql.db.rancher.internal"]).data("A"), [DB1]);
-    eprintln!("visible after: scale-up {scale_up:?}, unhealthy {unhealthy:?}, stopped {stopped:?}, removed {removed:?}");
+    eprintln!(
+        "visible after: scale-up {scale_up:?}, unhealthy {unhealthy:?}, stopped {stopped:?}, removed {removed:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

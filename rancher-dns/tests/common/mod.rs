@@ -43,13 +43,29 @@ impl Drop for Dns {
 impl Dns {
     /// Starts the binary on a free loopback port and waits until /readyz says ready.
     pub fn start(args: &[&str], nats_url: Option<&str>) -> Dns {
-        let (port, admin) = (free_port(), free_port());
+        Dns::start_with(free_port(), args, nats_url)
+    }
+
+    /// In answers-file mode on a chosen port.
+    pub fn start_on(port: u16, args: &[&str]) -> Dns {
+        Dns::start_with(port, args, None)
+    }
+
+    fn start_with(port: u16, args: &[&str], nats_url: Option<&str>) -> Dns {
+        let admin = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rancher-dns"));
-        cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin}"), "--log", "warn"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        if !args.iter().any(|a| *a == "--upstream") {
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+            "--log",
+            "warn",
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        if !args.iter().any(|a| *a == "--upstream" || *a == "--resolv-conf") {
             // Never the machine's own resolvers: tests only talk to what they started.
             cmd.args(["--resolv-conf", "/dev/null"]);
         }
@@ -166,7 +182,8 @@ pub fn parse_dig(raw: &str) -> Dig {
         } else {
             let parts: Vec<&str> = line.split_whitespace().collect();
             if parts.len() >= 5 {
-                let rec = (parts[0].to_string(), parts[1].parse().unwrap_or(0), parts[3].to_string(), parts[4..].join(" "));
+                let rec =
+                    (parts[0].to_string(), parts[1].parse().unwrap_or(0), parts[3].to_string(), parts[4..].join(" "));
                 match section {
                     "answer" => d.answer.push(rec),
                     "authority" => d.authority.push(rec),
@@ -197,6 +214,16 @@ impl Named {
     /// Serves the root zone `root_records` (zone-file lines after the SOA), plus `broken.test`,
     /// whose file is missing, so named answers SERVFAIL for every name under it.
     pub fn start(root_records: &str) -> Named {
+        Named::start_with(root_records, true)
+    }
+
+    /// Serves only the root zone, `broken.test` included if the records say so.
+    pub fn start_without_broken_zone(root_records: &str) -> Named {
+        Named::start_with(root_records, false)
+    }
+
+    fn start_with(root_records: &str, broken: bool) -> Named {
+        let broken = if broken { "zone \"broken.test\" { type primary; file \"missing.zone\"; };" } else { "" };
         let named = tool("named", "bind9");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display().to_string();
@@ -211,7 +238,7 @@ impl Named {
 }};
 controls {{ }};
 zone "." {{ type primary; file "{d}/root.zone"; }};
-zone "broken.test" {{ type primary; file "{d}/missing.zone"; }};
+{broken}
 "#
             ),
         )

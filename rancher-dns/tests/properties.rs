@@ -1,0 +1,104 @@
+//! Properties of the resolution path (naming rules + search + record building), over arbitrary
+//! names, types and callers: never a panic, never a forward for our own zone, and every direct
+//! answer carries the name that was asked.
+
+use std::net::IpAddr;
+
+use event_bus::keys::Document;
+use event_bus::testkit::fixtures::EnvironmentShape;
+use event_bus::Snapshot;
+use hickory_proto::rr::{Name, RecordType};
+use proptest::prelude::*;
+use rancher_dns::naming::{answers, NamingConfig};
+use rancher_dns::resolve::{resolve, Options, Outcome};
+
+fn env() -> rancher_dns::answers::Answers {
+    let shape = EnvironmentShape { hosts: 3, stacks: 4, services: 12, containers: 40 };
+    let mut records = shape.build();
+    // A few statuses so some containers count as running.
+    for c in 0..40 {
+        records.push(
+            event_bus::testkit::fixtures::status(
+                &format!("c{c}"),
+                "h0",
+                if c % 3 == 0 { "stopped" } else { "running" },
+            )
+            .into_record(),
+        );
+    }
+    let snap = Snapshot::from_records(7, records);
+    answers(&snap, &NamingConfig { ttl: 1, metadata_answer: vec!["169.254.169.250".parse().unwrap()] })
+}
+
+fn label() -> impl Strategy<Value = String> {
+    prop_oneof![
+        // Names that exist in the environment, and near misses.
+        Just("svc1".to_string()),
+        Just("stack2".to_string()),
+        Just("rancher".to_string()),
+        Just("internal".to_string()),
+        Just("_80".to_string()),
+        Just("_tcp".to_string()),
+        Just("in-addr".to_string()),
+        Just("arpa".to_string()),
+        "[a-z0-9-]{1,20}",
+        // Any bytes a label may carry on the wire.
+        proptest::collection::vec(any::<u8>(), 1..63).prop_map(|b| b.iter().map(|c| (c % 94 + 33) as char).collect()),
+    ]
+}
+
+fn qtype() -> impl Strategy<Value = RecordType> {
+    prop_oneof![
+        Just(RecordType::A),
+        Just(RecordType::AAAA),
+        Just(RecordType::SRV),
+        Just(RecordType::PTR),
+        Just(RecordType::TXT),
+        Just(RecordType::CNAME),
+        Just(RecordType::SOA),
+        Just(RecordType::ANY),
+        any::<u16>().prop_map(RecordType::from),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+    #[test]
+    fn resolution_is_total_and_keeps_our_zone(labels in proptest::collection::vec(label(), 0..8), qt in qtype(),
+                                              caller in 0u8..60, ndots in 0u32..4, rotate in any::<usize>()) {
+        let a = env();
+        let text = labels.join(".");
+        let Ok(name) = Name::from_ascii(format!("{text}.")) else { return Ok(()) };
+        let client: IpAddr = format!("10.42.{}.{}", caller % 3, caller / 3 + 2).parse().unwrap();
+        let out = resolve(&a, client, &name, qt, Options { ndots, rotate });
+        let lower = name.to_lowercase().to_ascii();
+        let ours = lower == "rancher.internal." || lower.ends_with(".rancher.internal.");
+        if ours {
+            prop_assert!(out != Outcome::Forward, "{lower} {qt:?} forwarded");
+        }
+        if let Outcome::Local { answers, .. } = &out {
+            if let Some(first) = answers.first() {
+                prop_assert_eq!(first.name.to_lowercase(), name.to_lowercase());
+            }
+        }
+    }
+}
+
+#[test]
+fn known_names_resolve_for_their_callers() {
+    let a = env();
+    // Containers of stack0/svc0 live at 10.42.<h>.<i>; a caller in stack0 finds `svc1` by its short name.
+    let snap_caller: IpAddr = "10.42.0.2".parse().unwrap();
+    let name = Name::from_ascii("svc1.").unwrap();
+    match resolve(&a, snap_caller, &name, RecordType::A, Options { ndots: 0, rotate: 0 }) {
+        Outcome::Local { answers, .. } => assert!(!answers.is_empty()),
+        other => panic!("svc1 from a stack0 container: {other:?}"),
+    }
+    // ndots 1: `svc1.stack0` has one dot, so no search: not found, and not ours → forward.
+    let name = Name::from_ascii("svc1.stack0.").unwrap();
+    assert_eq!(resolve(&a, snap_caller, &name, RecordType::A, Options { ndots: 1, rotate: 0 }), Outcome::Forward);
+    match resolve(&a, snap_caller, &name, RecordType::A, Options { ndots: 2, rotate: 0 }) {
+        Outcome::Local { answers, .. } => assert!(!answers.is_empty()),
+        other => panic!("svc1.stack0 with ndots 2: {other:?}"),
+    }
+}
