@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use hickory_proto::rr::rdata::SOA;
 use hickory_proto::rr::{Name, RData, Record};
+use rustc_hash::FxBuildHasher;
 
 /// The namespace Rancher 1.6 served: `<service>.<stack>.rancher.internal.` and friends.
 pub const ZONE: &str = "rancher.internal.";
@@ -26,8 +27,16 @@ pub struct Answers {
     /// Lowercase, with the trailing dot.
     pub authoritative: Vec<Box<str>>,
     pub default: View,
-    pub clients: HashMap<IpAddr, View>,
+    /// Per-caller views. Shared between generations when only statuses or health changed: they
+    /// depend on containers, services and stacks alone (links name their target instead of
+    /// copying its records).
+    pub clients: Arc<Clients>,
+    /// The SOA record of each authoritative zone, made on first use.
+    pub soa_records: std::sync::OnceLock<Vec<Record>>,
 }
+
+pub type Names = HashMap<Arc<str>, Arc<Entry>, FxBuildHasher>;
+pub type Clients = HashMap<IpAddr, View, FxBuildHasher>;
 
 /// What one caller (or everyone, for `default`) sees.
 #[derive(Debug, Default, Clone)]
@@ -37,7 +46,7 @@ pub struct View {
     /// Upstream resolvers for names that are not local, before the defaults.
     pub recurse: Arc<[SocketAddr]>,
     /// Names, lowercase, with the trailing dot.
-    pub names: HashMap<Box<str>, Arc<Entry>>,
+    pub names: Names,
 }
 
 /// Everything a name holds. A name that exists with no record of the asked type is NODATA.
@@ -50,6 +59,8 @@ pub struct Entry {
     pub srv: Vec<SrvTarget>,
     /// Overrides the answers' TTL for this name (answers file only).
     pub ttl: Option<u32>,
+    /// A link: this name answers whatever the shared name `link` holds at the time of the question.
+    pub link: Option<Box<str>>,
 }
 
 /// One SRV answer: a container name and port, with its address as glue.
@@ -74,8 +85,16 @@ impl Answers {
             .map(|z| &**z)
     }
 
-    /// The SOA record of zone `zone` with this generation's serial.
+    /// The SOA record of zone `zone` (one of `authoritative`) with this generation's serial.
     pub fn soa(&self, zone: &str) -> Record {
+        let records = self.soa_records.get_or_init(|| self.authoritative.iter().map(|z| self.make_soa(z)).collect());
+        match self.authoritative.iter().position(|z| &**z == zone) {
+            Some(i) => records[i].clone(),
+            None => self.make_soa(zone),
+        }
+    }
+
+    fn make_soa(&self, zone: &str) -> Record {
         let origin = Name::from_ascii(zone).unwrap_or_else(|_| Name::root());
         // Refresh, retry and expire as the original; `minimum` (the negative-caching TTL) follows
         // `--ttl`, so a name that appears is not hidden behind a cached NXDOMAIN for longer than

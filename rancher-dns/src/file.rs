@@ -74,6 +74,7 @@ pub fn parse(file: &str, text: &str, json: bool, ttl: u32, serial: u32) -> Resul
     };
 
     let mut answers = Answers { serial, ttl, ..Default::default() };
+    let mut clients = crate::answers::Clients::default();
     for (key, fv) in views {
         let invalid = |field: &'static str, k: &str, expected: &str| FileError::Invalid {
             file: file.to_string(),
@@ -94,9 +95,10 @@ pub fn parse(file: &str, text: &str, json: bool, ttl: u32, serial: u32) -> Resul
             if !fv.authoritative.is_empty() {
                 return Err(invalid("authoritative", &fv.authoritative[0], "only under `default`"));
             }
-            answers.clients.insert(ip, view);
+            clients.insert(ip, view);
         }
     }
+    answers.clients = Arc::new(clients);
     Ok(answers)
 }
 
@@ -162,7 +164,7 @@ fn build_view(fv: &FileView, invalid: &dyn Fn(&'static str, &str, &str) -> FileE
     Ok(View {
         search: search.into(),
         recurse: recurse.into(),
-        names: names.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+        names: names.into_iter().map(|(k, v)| (Arc::from(k), Arc::new(v))).collect(),
     })
 }
 

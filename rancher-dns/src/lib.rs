@@ -5,9 +5,10 @@
 //! - [`file`]: the original answers-file format;
 //! - [`resolve`]: local resolution with server-side search (pure);
 //! - [`forward`] and [`cache`]: upstream forwarding and its TTL-honouring cache;
-//! - [`server`]: the hickory-server handler;
+//! - [`server`]: the hickory-server handler, and binding UDP and TCP;
+//! - [`udp`]: the UDP packet loop;
 //! - [`source`]: keeping the answers current;
-//! - [`metrics`]: `corral_dns_*`.
+//! - [`metrics`]: the `corral_dns_` metrics.
 
 pub mod answers;
 pub mod cache;
@@ -18,3 +19,4 @@ pub mod naming;
 pub mod resolve;
 pub mod server;
 pub mod source;
+pub mod udp;

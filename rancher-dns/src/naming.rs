@@ -9,7 +9,7 @@ use event_bus::model::{Container, Service, ServiceKind, Stack};
 use event_bus::Snapshot;
 use hickory_proto::rr::Name;
 
-use crate::answers::{fqdn, reverse_name, Answers, Entry, SrvTarget, View, ZONE};
+use crate::answers::{fqdn, reverse_name, Answers, Clients, Entry, Names, SrvTarget, View, ZONE};
 
 /// Label that reorders or drops the Rancher search domains of a container.
 pub const DNS_PRIORITY_LABEL: &str = "io.rancher.container.dns.priority";
@@ -24,29 +24,66 @@ pub struct NamingConfig {
 
 /// Builds the answers for a snapshot.
 pub fn answers(snap: &Snapshot, cfg: &NamingConfig) -> Answers {
-    let mut b = Builder { snap, names: HashMap::new(), service_entries: HashMap::new() };
-    b.services();
+    let mut b = Builder { snap, names: Names::default() };
+    let mut services: Vec<&Arc<Service>> = snap.services().filter(|s| live(&s.state)).collect();
+    services.sort_by(|a, b| (a.create_index, &a.uuid).cmp(&(b.create_index, &b.uuid)));
+    for svc in services {
+        b.service(svc);
+    }
     b.aliases();
     b.containers();
     if !cfg.metadata_answer.is_empty() {
         let entry = Entry { a: cfg.metadata_answer.clone(), ..Default::default() };
         b.names.insert(format!("rancher-metadata.{ZONE}").into(), Arc::new(entry));
     }
-    let clients = b.clients();
+    let clients = Arc::new(b.clients());
+    finish(snap, cfg, b.names, clients)
+}
+
+/// Builds the answers for `snap` from the previous generation when only statuses or health
+/// changed (the common case: a container stops, starts, flaps): the per-caller views and every
+/// name are kept, and only the services whose containers changed, and the aliases, are
+/// recomputed. Anything else (a container, service or stack written) builds from scratch.
+pub fn rebuild(snap: &Snapshot, cfg: &NamingConfig, previous: Option<(&Snapshot, &Answers)>) -> Answers {
+    use event_bus::Family as F;
+    let Some((old, prev)) = previous else { return answers(snap, cfg) };
+    if snap.differs_from(old, &[F::Container, F::Service, F::Stack]) {
+        return answers(snap, cfg);
+    }
+    let mut touched: Vec<&Arc<Service>> = Vec::new();
+    for (before, after) in snap.changes_since(old, &[F::Status, F::Health]) {
+        let Some(uuid) = after.as_ref().or(before.as_ref()).map(|r| r.id().to_string()) else { continue };
+        let svc = snap.container(&uuid).and_then(|c| c.service_uuid.as_deref()).and_then(|s| snap.service(s));
+        if let Some(svc) = svc.filter(|s| live(&s.state)) {
+            if !touched.iter().any(|t| t.uuid == svc.uuid) {
+                touched.push(svc);
+            }
+        }
+    }
+    let mut b = Builder { snap, names: prev.default.names.clone() };
+    for svc in touched {
+        b.service(svc);
+    }
+    b.aliases();
+    finish(snap, cfg, b.names, prev.clients.clone())
+}
+
+fn finish(snap: &Snapshot, cfg: &NamingConfig, names: Names, clients: Arc<Clients>) -> Answers {
     Answers {
         serial: snap.version() as u32,
         ttl: cfg.ttl,
         authoritative: vec![ZONE.into()],
-        default: View { search: Arc::from(vec![Box::<str>::from(ZONE)]), recurse: Arc::from(vec![]), names: b.names },
+        default: View { search: Arc::from(vec![Box::<str>::from(ZONE)]), recurse: Arc::from(vec![]), names },
         clients,
+        soa_records: Default::default(),
     }
 }
 
+type SearchList = Arc<[Box<str>]>;
+
 struct Builder<'a> {
     snap: &'a Snapshot,
-    names: HashMap<Box<str>, Arc<Entry>>,
-    /// The entry of each service's primary name, for aliases and links.
-    service_entries: HashMap<String, Arc<Entry>>,
+    names: Names,
 }
 
 fn live(state: &str) -> bool {
@@ -57,21 +94,21 @@ fn live(state: &str) -> bool {
 /// network it shares (`network_mode: container:<x>`).
 fn container_ip(snap: &Snapshot, c: &Container) -> Option<Ipv4Addr> {
     let ip = match &c.network_from_container_uuid {
-        Some(other) => snap.container(other).and_then(|o| o.primary_ip.clone()),
-        None => c.primary_ip.clone(),
+        Some(other) => snap.container(other).and_then(|o| o.primary_ip.as_deref()),
+        None => c.primary_ip.as_deref(),
     };
     ip.and_then(|ip| ip.parse().ok())
 }
 
-fn container_state(snap: &Snapshot, c: &Container) -> String {
+fn container_state<'s>(snap: &'s Snapshot, c: &Container) -> &'s str {
     // No observed status yet: the agent has not reported, the container is still starting
     // (the same reading metadata gives).
-    snap.status(&c.uuid).map(|s| s.state.clone()).unwrap_or_else(|| "starting".into())
+    snap.status(&c.uuid).map(|s| s.state.as_str()).unwrap_or("starting")
 }
 
 /// Rancher's rule: running or starting, and healthy (or without a health check).
 fn usable(snap: &Snapshot, svc: &Service, c: &Container) -> bool {
-    if !matches!(container_state(snap, c).as_str(), "running" | "starting") {
+    if !matches!(container_state(snap, c), "running" | "starting") {
         return false;
     }
     let health = snap.health(&c.uuid).map(|h| h.health_state.as_str()).unwrap_or("");
@@ -80,6 +117,11 @@ fn usable(snap: &Snapshot, svc: &Service, c: &Container) -> bool {
         "" => c.health_check.is_none() && svc.launch_config.health_check.is_none(),
         _ => false,
     }
+}
+
+/// `<service>.<stack>.rancher.internal.`
+fn service_fqdn(svc: &Service, stack: &Stack) -> String {
+    format!("{}.{}.{ZONE}", svc.name.to_ascii_lowercase(), stack.name.to_ascii_lowercase())
 }
 
 impl<'a> Builder<'a> {
@@ -117,52 +159,42 @@ impl<'a> Builder<'a> {
         vec![*running.unwrap_or_else(|| with_ip.last().expect("not empty"))]
     }
 
-    fn services(&mut self) {
-        let snap: &'a Snapshot = self.snap;
-        let mut services: Vec<&'a Arc<Service>> = snap.services().filter(|s| live(&s.state)).collect();
-        services.sort_by(|a, b| (a.create_index, &a.uuid).cmp(&(b.create_index, &b.uuid)));
-        for svc in services {
-            let Some(stack) = self.stack_of(svc) else { continue };
-            let base = format!("{}.{}.{ZONE}", svc.name.to_ascii_lowercase(), stack.name.to_ascii_lowercase());
-            match svc.kind {
-                ServiceKind::Alias => continue, // after every other service exists
-                ServiceKind::External => {
-                    let entry = Entry {
-                        a: svc.external_ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
-                        cname: svc.hostname.as_deref().and_then(|h| Name::from_ascii(fqdn(h)).ok()),
-                        ..Default::default()
-                    };
-                    self.insert_service(svc, base, entry);
+    /// The names of one (non-alias) service: its own, its sidekicks', their SRV names.
+    fn service(&mut self, svc: &'a Service) {
+        let Some(stack) = self.stack_of(svc) else { return };
+        let base = service_fqdn(svc, stack);
+        match svc.kind {
+            ServiceKind::Alias => {} // see aliases(): they need every other service first
+            ServiceKind::External => {
+                let entry = Entry {
+                    a: svc.external_ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+                    cname: svc.hostname.as_deref().and_then(|h| Name::from_ascii(fqdn(h)).ok()),
+                    ..Default::default()
+                };
+                self.names.insert(base.into(), Arc::new(entry));
+            }
+            _ => {
+                let targets = self.targets(svc, None);
+                let vip = svc.vip.as_deref().and_then(|v| v.parse::<Ipv4Addr>().ok());
+                let entry = Entry {
+                    a: match vip {
+                        Some(vip) => vec![vip],
+                        None => targets.iter().map(|(_, ip)| *ip).collect(),
+                    },
+                    ..Default::default()
+                };
+                self.srv(&base, &svc.launch_config, &targets);
+                for lc in &svc.secondary_launch_configs {
+                    let Some(name) = lc.name.as_deref() else { continue };
+                    let targets = self.targets(svc, Some(name));
+                    let sidekick = format!("{}.{base}", name.to_ascii_lowercase());
+                    self.srv(&sidekick, lc, &targets);
+                    let entry = Entry { a: targets.iter().map(|(_, ip)| *ip).collect(), ..Default::default() };
+                    self.names.insert(sidekick.into(), Arc::new(entry));
                 }
-                _ => {
-                    let targets = self.targets(svc, None);
-                    let vip = svc.vip.as_deref().and_then(|v| v.parse::<Ipv4Addr>().ok());
-                    let entry = Entry {
-                        a: match vip {
-                            Some(vip) => vec![vip],
-                            None => targets.iter().map(|(_, ip)| *ip).collect(),
-                        },
-                        ..Default::default()
-                    };
-                    self.srv(&base, &svc.launch_config, &targets);
-                    self.insert_service(svc, base.clone(), entry);
-                    for lc in &svc.secondary_launch_configs {
-                        let Some(name) = lc.name.as_deref() else { continue };
-                        let targets = self.targets(svc, Some(name));
-                        let sidekick = format!("{}.{base}", name.to_ascii_lowercase());
-                        self.srv(&sidekick, lc, &targets);
-                        let entry = Entry { a: targets.iter().map(|(_, ip)| *ip).collect(), ..Default::default() };
-                        self.names.insert(sidekick.into(), Arc::new(entry));
-                    }
-                }
+                self.names.insert(base.into(), Arc::new(entry));
             }
         }
-    }
-
-    fn insert_service(&mut self, svc: &Service, name: String, entry: Entry) {
-        let entry = Arc::new(entry);
-        self.service_entries.insert(svc.uuid.clone(), entry.clone());
-        self.names.insert(name.into(), entry);
     }
 
     /// `_<port>._<proto>.<name>`: one SRV per target container, for each port the launch config
@@ -186,17 +218,13 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// Alias (`dnsService`) services: the union of their targets' addresses, following aliases
-    /// of aliases; a cycle stops at the first repeat instead of spinning (rancher/rancher#7922).
     fn aliases(&mut self) {
-        let aliases: Vec<Arc<Service>> =
-            self.snap.services().filter(|s| s.kind == ServiceKind::Alias && live(&s.state)).cloned().collect();
-        for svc in &aliases {
+        let snap: &'a Snapshot = self.snap;
+        for svc in snap.services().filter(|s| s.kind == ServiceKind::Alias && live(&s.state)) {
             let Some(stack) = self.stack_of(svc) else { continue };
             let mut seen = HashSet::from([svc.uuid.clone()]);
             let entry = self.resolve_alias(svc, &mut seen);
-            let name = format!("{}.{}.{ZONE}", svc.name.to_ascii_lowercase(), stack.name.to_ascii_lowercase());
-            self.insert_service(svc, name, entry);
+            self.names.insert(service_fqdn(svc, stack).into(), Arc::new(entry));
         }
     }
 
@@ -211,7 +239,8 @@ impl<'a> Builder<'a> {
             let entry = if target.kind == ServiceKind::Alias {
                 self.resolve_alias(target, seen)
             } else {
-                self.service_entries.get(&target.uuid).map(|e| (**e).clone()).unwrap_or_default()
+                let name = self.stack_of(target).map(|st| service_fqdn(target, st));
+                name.and_then(|n| self.names.get(n.as_str())).map(|e| (**e).clone()).unwrap_or_default()
             };
             // A target that is a CNAME (external hostname) makes the alias that CNAME.
             if out.cname.is_none() {
@@ -258,9 +287,11 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// One view per container with an address: its search list, its upstreams and its links.
-    fn clients(&self) -> HashMap<IpAddr, View> {
-        let mut out = HashMap::new();
+    fn clients(&self) -> Clients {
+        let mut out: HashMap<IpAddr, (Option<u64>, View)> = HashMap::new();
+        // Most containers of a launch config share one search list and no resolvers of their own.
+        let mut searches: HashMap<(&str, Option<&str>), SearchList> = HashMap::new();
+        let no_upstreams: Arc<[SocketAddr]> = Arc::from(vec![]);
         for c in self.snap.containers() {
             if c.desired_state == "removed" {
                 continue;
@@ -274,12 +305,17 @@ impl<'a> Builder<'a> {
                 }
                 None => &s.launch_config,
             });
-            let view = View {
-                search: self.search(c, svc, stack, lc).into(),
-                recurse: recurse_list(if c.dns.is_empty() { lc.map(|l| &l.dns[..]).unwrap_or(&[]) } else { &c.dns })
-                    .into(),
-                names: self.links(c, svc),
+            let plain = c.dns_search.is_empty() && !c.labels.contains_key(DNS_PRIORITY_LABEL);
+            let search = match (plain, svc) {
+                (true, Some(s)) => searches
+                    .entry((s.uuid.as_str(), c.launch_config_name.as_deref()))
+                    .or_insert_with(|| self.search(c, svc, stack, lc).into())
+                    .clone(),
+                _ => self.search(c, svc, stack, lc).into(),
             };
+            let dns = if c.dns.is_empty() { lc.map(|l| &l.dns[..]).unwrap_or(&[]) } else { &c.dns };
+            let recurse = if dns.is_empty() { no_upstreams.clone() } else { recurse_list(dns).into() };
+            let view = View { search, recurse, names: self.links(c, svc) };
             // The newest container wins an address two records claim.
             match out.entry(IpAddr::V4(ip)) {
                 std::collections::hash_map::Entry::Vacant(v) => {
@@ -324,24 +360,26 @@ impl<'a> Builder<'a> {
 
     /// Names only this caller sees: `<alias>.rancher.internal.` and `<alias>.<linked stack>.rancher.internal.`
     /// for each service link, `<link>.rancher.internal.` for each container link (a service
-    /// link of the same name wins).
-    fn links(&self, c: &Container, svc: Option<&Arc<Service>>) -> HashMap<Box<str>, Arc<Entry>> {
-        let mut names = HashMap::new();
-        for (link, target) in &c.links {
-            let Some(ip) = self.snap.container(target).and_then(|t| container_ip(self.snap, t)) else { continue };
+    /// link of the same name wins). They name their target, so they follow its changes.
+    fn links(&self, c: &Container, svc: Option<&Arc<Service>>) -> Names {
+        let mut names = Names::default();
+        let link = |target: String| Arc::new(Entry { link: Some(target.into()), ..Default::default() });
+        for (name, target) in &c.links {
+            let Some(t) = self.snap.container(target) else { continue };
             names.insert(
-                format!("{}.{ZONE}", link.to_ascii_lowercase()).into(),
-                Arc::new(Entry { a: vec![ip], ..Default::default() }),
+                format!("{}.{ZONE}", name.to_ascii_lowercase()).into(),
+                link(format!("{}.{ZONE}", t.name.to_ascii_lowercase())),
             );
         }
         if let Some(svc) = svc {
             for (key, alias) in &svc.links {
                 let Some(target) = self.link_target(svc, key) else { continue };
-                let Some(entry) = self.service_entries.get(&target.uuid) else { continue };
                 let Some(stack) = self.snap.stack(&target.stack_uuid) else { continue };
+                let stack = stack.name.to_ascii_lowercase();
+                let fqdn = format!("{}.{stack}.{ZONE}", target.name.to_ascii_lowercase());
                 let alias = if alias.is_empty() { &target.name } else { alias }.to_ascii_lowercase();
-                names.insert(format!("{alias}.{ZONE}").into(), entry.clone());
-                names.insert(format!("{alias}.{}.{ZONE}", stack.name.to_ascii_lowercase()).into(), entry.clone());
+                names.insert(format!("{alias}.{ZONE}").into(), link(fqdn.clone()));
+                names.insert(format!("{alias}.{stack}.{ZONE}").into(), link(fqdn));
             }
         }
         names

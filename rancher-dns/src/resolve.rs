@@ -48,21 +48,29 @@ pub fn find<'a>(
     let searching = ndots == 0 || (dots(qname) as u32) < ndots;
     // Client suffixes are not tried on names already under our zones, as the original.
     let client_suffixes = searching && answers.zone_of(qname).is_none();
+    let shared = &answers.default.names;
+    // A caller's name may be a link: it answers what the shared name it points to holds.
+    let own = |name: &str| -> Option<&'a Arc<Entry>> {
+        let e = client?.names.get(name)?;
+        match &e.link {
+            Some(target) => shared.get(&**target),
+            None => Some(e),
+        }
+    };
     let mut candidate = String::with_capacity(qname.len() + 40);
     if let Some(view) = client {
-        if let Some(e) = view.names.get(qname) {
+        if let Some(e) = own(qname) {
             return Some((qname.to_string(), e));
         }
         if client_suffixes {
             for s in view.search.iter() {
                 join(&mut candidate, qname, s);
-                if let Some(e) = view.names.get(candidate.as_str()) {
+                if let Some(e) = own(&candidate) {
                     return Some((candidate, e));
                 }
             }
         }
     }
-    let shared = &answers.default.names;
     if let Some(e) = shared.get(qname) {
         return Some((qname.to_string(), e));
     }
@@ -78,9 +86,7 @@ pub fn find<'a>(
         // The shared suffixes apply to everyone, and to the caller's own names too.
         for s in answers.default.search.iter() {
             join(&mut candidate, qname, s);
-            if let Some(e) =
-                client.and_then(|v| v.names.get(candidate.as_str())).or_else(|| shared.get(candidate.as_str()))
-            {
+            if let Some(e) = own(&candidate).or_else(|| shared.get(candidate.as_str())) {
                 return Some((candidate, e));
             }
         }
@@ -104,7 +110,8 @@ fn dots(name: &str) -> usize {
 /// Resolves one question. `owner` is the query's own name (its case kept): every record that
 /// answers the question directly carries it, even when the match came through a search suffix.
 pub fn resolve(answers: &Answers, client_ip: IpAddr, owner: &Name, qtype: RecordType, opts: Options) -> Outcome {
-    let qname = owner.to_lowercase().to_ascii();
+    let mut qname = owner.to_ascii();
+    qname.make_ascii_lowercase();
     let client = answers.client(client_ip);
     let Some((matched, entry)) = find(answers, client, &qname, opts.ndots) else {
         if let Some(zone) = answers.zone_of(&qname) {

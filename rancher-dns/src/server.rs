@@ -228,26 +228,47 @@ async fn send<'a, R: ResponseHandler>(
     }
 }
 
-/// Binds UDP and TCP on `addr` and serves until the returned server is shut down.
-/// `udp_sockets` UDP sockets share the port (SO_REUSEPORT) so several cores receive.
+/// Binds UDP and TCP on `addr`. Each of the `udp_sockets` UDP sockets (sharing the port with
+/// SO_REUSEPORT, so the kernel spreads callers over them) is served by [`crate::udp::serve`] on
+/// its own thread with a single-threaded runtime: a question is received, answered and sent on
+/// one thread, without cross-thread wake-ups per packet. TCP is served by hickory's `Server` on
+/// the caller's runtime. Returns the TCP server (shut it down to stop) and the bound address.
 pub async fn bind(
     addr: SocketAddr,
     handler: Handler,
     udp_sockets: usize,
 ) -> std::io::Result<(Server<Handler>, SocketAddr)> {
-    let mut server = Server::new(handler);
     let first = udp_socket(addr)?;
     let local = first.local_addr()?;
-    server.register_socket(first);
+    let mut sockets = vec![first];
     for _ in 1..udp_sockets.max(1) {
-        server.register_socket(udp_socket(local)?);
+        sockets.push(udp_socket(local)?);
     }
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let handler = handler.clone();
+        std::thread::Builder::new().name(format!("dns-udp-{i}")).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a UDP worker");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match tokio::net::UdpSocket::from_std(socket) {
+                    Ok(socket) => crate::udp::serve(socket, handler).await,
+                    Err(e) => tracing::error!(error = %e, "cannot register a UDP socket"),
+                }
+            });
+        })?;
+    }
+    let mut server = Server::new(handler);
     let tcp = tcp_listener(local)?;
     server.register_listener(tcp, Duration::from_secs(5), 64);
     Ok((server, local))
 }
 
-fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     s.set_reuse_port(true)?;
@@ -255,7 +276,7 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     // Room for bursts: dnsperf and busy hosts send faster than one wake-up drains.
     let _ = s.set_recv_buffer_size(4 << 20);
     s.bind(&addr.into())?;
-    tokio::net::UdpSocket::from_std(s.into())
+    Ok(s.into())
 }
 
 fn tcp_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

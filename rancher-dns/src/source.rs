@@ -13,13 +13,21 @@ use crate::server::Shared;
 /// in. Forwarded answers are cached separately, so nothing else is flushed.
 pub async fn follow_cache(shared: Arc<Shared>, cache: StateCache, cfg: NamingConfig) {
     let mut changes = cache.subscribe();
+    let mut previous: Option<Arc<event_bus::Snapshot>> = None;
     loop {
         changes.borrow_and_update();
         let snap = cache.snapshot();
-        let cfg2 = cfg.clone();
+        let (cfg2, prev, current, snap2) = (cfg.clone(), previous.take(), shared.answers(), snap.clone());
         let started = Instant::now();
-        match tokio::task::spawn_blocking(move || naming::answers(&snap, &cfg2)).await {
+        let built = tokio::task::spawn_blocking(move || {
+            let answers = naming::rebuild(&snap2, &cfg2, prev.as_deref().map(|p| (p, &*current)));
+            drop(current);
+            answers
+        })
+        .await;
+        match built {
             Ok(answers) => {
+                previous = Some(snap);
                 shared.metrics.rebuild.observe(started.elapsed().as_secs_f64());
                 tracing::debug!(version = answers.serial, names = answers.default.names.len(), "answers rebuilt");
                 shared.publish(answers);

@@ -102,3 +102,63 @@ fn known_names_resolve_for_their_callers() {
         other => panic!("svc1.stack0 with ndots 2: {other:?}"),
     }
 }
+
+/// The incremental rebuild (statuses and health only) gives exactly what a full build gives.
+#[test]
+fn incremental_rebuild_equals_a_full_build() {
+    use event_bus::model::{ContainerHealth, Extra};
+    use event_bus::{Family, Key, Record};
+    use rancher_dns::naming::rebuild;
+
+    let cfg = NamingConfig { ttl: 1, metadata_answer: vec![] };
+    let shape = EnvironmentShape { hosts: 3, stacks: 4, services: 12, containers: 40 };
+    let mut records = shape.build();
+    // Give one service a health check, so health matters for it.
+    for r in records.iter_mut() {
+        if let Record::Service(s) = r {
+            if s.uuid == "sv0-0" {
+                s.launch_config.health_check = Some(serde_json::from_value(serde_json::json!({"port": 80})).unwrap());
+            }
+        }
+    }
+    let mut snap = Snapshot::from_records(1, records);
+    let mut current = answers(&snap, &cfg);
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..300 {
+        let before = snap.clone();
+        for _ in 0..=next(3) {
+            let c = format!("c{}", next(40));
+            let record = if next(2) == 0 {
+                let state = ["running", "stopped", "starting", "error"][next(4) as usize];
+                Some(event_bus::testkit::fixtures::status(&c, "h0", state).into_record())
+            } else {
+                let h = ["healthy", "unhealthy", "initializing", "updating-healthy"][next(4) as usize];
+                Some(Record::Health(ContainerHealth {
+                    uuid: c.clone(),
+                    health_state: h.into(),
+                    health_check_hosts: vec![],
+                    reports: Default::default(),
+                    extra: Extra::new(),
+                }))
+            };
+            let record = if next(5) == 0 { None } else { record };
+            let family = if next(2) == 0 { Family::Status } else { Family::Health };
+            let key = Key::new(record.as_ref().map(|r| r.family()).unwrap_or(family), &c).unwrap();
+            snap.apply(&key, record);
+        }
+        let incremental = rebuild(&snap, &cfg, Some((&before, &current)));
+        let full = answers(&snap, &cfg);
+        assert_eq!(incremental.default.names.len(), full.default.names.len(), "round {round}");
+        for (name, entry) in &full.default.names {
+            assert_eq!(incremental.default.names.get(name).map(|e| &**e), Some(&**entry), "round {round}: {name}");
+        }
+        assert!(std::sync::Arc::ptr_eq(&incremental.clients, &current.clients), "caller views reused");
+        current = incremental;
+    }
+}
