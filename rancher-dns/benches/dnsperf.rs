@@ -333,15 +333,40 @@ fn main() {
             assert!(written.elapsed() < Duration::from_secs(5), "change {round} not visible");
         }
     }
-    delays.sort();
-    let pct = |p: f64| delays[((delays.len() as f64 * p) as usize).min(delays.len() - 1)];
+    // Structural changes: a container is added to svc0.stack0 (scale up), then removed.
+    let mut scale = Vec::new();
+    for round in 0..100 {
+        let ip = "10.99.0.2";
+        let written = Instant::now();
+        let adding = round % 2 == 0;
+        if adding {
+            let c = fixtures::container("scaled", "stack0-svc0-99", "sv0-0", "st0", "h0", ip);
+            rt.block_on(store.put(&c)).unwrap();
+        } else {
+            rt.block_on(store.delete(&event_bus::Key::new(event_bus::Family::Container, "scaled").unwrap())).unwrap();
+        }
+        loop {
+            let now = ask(&sock, port, name).unwrap_or_default();
+            if now.iter().any(|a| a == ip) == adding {
+                scale.push(written.elapsed());
+                break;
+            }
+            assert!(written.elapsed() < Duration::from_secs(5), "scale change {round} not visible");
+        }
+    }
     println!();
-    println!(
-        "propagation KV write -> changed answer, 200 changes: p50 {:?}, p99 {:?}, max {:?}",
-        pct(0.5),
-        pct(0.99),
-        delays[delays.len() - 1]
-    );
+    for (what, mut d) in
+        [("status changes (stop/start), 200", delays), ("scale up/down (container added/removed), 100", scale)]
+    {
+        d.sort();
+        let pct = |p: f64| d[((d.len() as f64 * p) as usize).min(d.len() - 1)];
+        println!(
+            "propagation KV write -> changed answer, {what}: p50 {:?}, p99 {:?}, max {:?}",
+            pct(0.5),
+            pct(0.99),
+            d[d.len() - 1]
+        );
+    }
     println!(
         "rancher-dns RSS: {loaded_rss:.1} MB once loaded, {:.1} MB at the end, {:.1} MB peak",
         rss_mb(ours.0.id()),

@@ -1,5 +1,5 @@
 //! Hot paths without I/O, on the 20-host / 50-stack / 500-service / 5,000-container environment:
-//! building a generation of answers (from scratch, and after a status change only), and resolving
+//! building a generation of answers (from scratch, after a status change, after a scale-up), and resolving
 //! one question (a service FQDN, a short name through the caller's search list, a miss).
 //! Run: `cargo bench -p rancher-dns --bench naming`.
 
@@ -32,6 +32,12 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("build answers from scratch (5,000 containers)", |b| b.iter(|| answers(&snap, &cfg)));
     c.bench_function("rebuild after one status change", |b| b.iter(|| rebuild(&changed, &cfg, Some((&snap, &base)))));
+    let mut scaled = snap.clone();
+    let added = fixtures::container("new", "stack0-svc0-99", "sv0-0", "st0", "h0", "10.99.0.2").into_record();
+    scaled.apply(&Key::new(added.family(), added.id()).unwrap(), Some(added));
+    c.bench_function("rebuild after one container is added", |b| {
+        b.iter(|| rebuild(&scaled, &cfg, Some((&snap, &base))))
+    });
 
     // c0 is a container of stack0/svc0 at 10.42.0.2.
     let caller: IpAddr = "10.42.0.2".parse().unwrap();

@@ -39,7 +39,7 @@ pub type Names = HashMap<Arc<str>, Arc<Entry>, FxBuildHasher>;
 pub type Clients = HashMap<IpAddr, View, FxBuildHasher>;
 
 /// What one caller (or everyone, for `default`) sees.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct View {
     /// Server-side search suffixes, lowercase, with the trailing dot (`app.rancher.internal.`).
     pub search: Arc<[Box<str>]>,

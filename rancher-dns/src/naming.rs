@@ -40,32 +40,105 @@ pub fn answers(snap: &Snapshot, cfg: &NamingConfig) -> Answers {
     finish(snap, cfg, b.names, clients)
 }
 
-/// Builds the answers for `snap` from the previous generation when only statuses or health
-/// changed (the common case: a container stops, starts, flaps): the per-caller views and every
-/// name are kept, and only the services whose containers changed, and the aliases, are
-/// recomputed. Anything else (a container, service or stack written) builds from scratch.
+/// Builds the answers for `snap` from the previous generation instead of from scratch when only
+/// containers, statuses or health changed (scale, restarts, health flaps: nearly every change of
+/// a running environment). Every name and caller view is kept; the changed containers' own
+/// names, reverse names and caller views, the services they belong to, and the aliases are
+/// recomputed. A service or stack change, a renamed container, or a change to a container that
+/// another one links to or shares the network of builds from scratch.
 pub fn rebuild(snap: &Snapshot, cfg: &NamingConfig, previous: Option<(&Snapshot, &Answers)>) -> Answers {
     use event_bus::Family as F;
     let Some((old, prev)) = previous else { return answers(snap, cfg) };
-    if snap.differs_from(old, &[F::Container, F::Service, F::Stack]) {
+    if snap.differs_from(old, &[F::Service, F::Stack]) {
         return answers(snap, cfg);
     }
-    let mut touched: Vec<&Arc<Service>> = Vec::new();
-    for (before, after) in snap.changes_since(old, &[F::Status, F::Health]) {
-        let Some(uuid) = after.as_ref().or(before.as_ref()).map(|r| r.id().to_string()) else { continue };
-        let svc = snap.container(&uuid).and_then(|c| c.service_uuid.as_deref()).and_then(|s| snap.service(s));
-        if let Some(svc) = svc.filter(|s| live(&s.state)) {
-            if !touched.iter().any(|t| t.uuid == svc.uuid) {
-                touched.push(svc);
+    let changed = snap.changes_since(old, &[F::Container]);
+    let container = |r: &Option<event_bus::Record>| match r {
+        Some(event_bus::Record::Container(c)) => Some(c.clone()),
+        _ => None,
+    };
+    let changed: Vec<(Option<Container>, Option<Container>)> =
+        changed.iter().map(|(before, after)| (container(before), container(after))).collect();
+    if !changed.is_empty() {
+        let mut referenced = HashSet::new();
+        for c in snap.containers().chain(old.containers()) {
+            referenced.extend(c.network_from_container_uuid.as_deref());
+            referenced.extend(c.links.values().map(String::as_str));
+        }
+        for (before, after) in &changed {
+            let uuid = after.as_ref().or(before.as_ref()).map(|c| c.uuid.as_str()).unwrap_or_default();
+            let renamed = matches!((before, after), (Some(b), Some(a)) if b.name != a.name);
+            if renamed || referenced.contains(uuid) {
+                return answers(snap, cfg);
             }
         }
     }
+
     let mut b = Builder { snap, names: prev.default.names.clone() };
-    for svc in touched {
-        b.service(svc);
+    let mut touched: Vec<String> = Vec::new();
+    let mut touch = |svc: Option<&str>| {
+        if let Some(s) = svc {
+            if !touched.iter().any(|t| t == s) {
+                touched.push(s.to_string());
+            }
+        }
+    };
+    for (before, after) in snap.changes_since(old, &[F::Status, F::Health]) {
+        let uuid = after.as_ref().or(before.as_ref()).map(|r| r.id().to_string()).unwrap_or_default();
+        touch(snap.container(&uuid).and_then(|c| c.service_uuid.as_deref()));
+    }
+    let mut clients = if changed.is_empty() { None } else { Some((*prev.clients).clone()) };
+    let mut addresses = HashSet::new();
+    for (before, after) in &changed {
+        if let Some(c) = before {
+            b.names.remove(format!("{}.{ZONE}", c.name.to_ascii_lowercase()).as_str());
+            addresses.extend(container_ip(old, c));
+            touch(c.service_uuid.as_deref());
+        }
+        if let Some(c) = after.as_ref().filter(|c| c.desired_state != "removed") {
+            if let Some(ip) = container_ip(snap, c) {
+                let name = format!("{}.{ZONE}", c.name.to_ascii_lowercase());
+                b.names.insert(name.into(), Arc::new(Entry { a: vec![ip], ..Default::default() }));
+                addresses.insert(ip);
+            }
+            touch(c.service_uuid.as_deref());
+        }
+    }
+    if let Some(clients) = clients.as_mut() {
+        // The newest container claiming each address gets its reverse name and its view.
+        let by_address = b.by_address();
+        let newest = |cs: &mut dyn Iterator<Item = &&Arc<Container>>| -> Option<Arc<Container>> {
+            cs.fold(None, |best: Option<&Arc<Container>>, c| match best {
+                Some(b) if !claims(c, b) => Some(b),
+                _ => Some(c),
+            })
+            .cloned()
+        };
+        let mut searches = HashMap::new();
+        for ip in addresses {
+            let claimants = by_address.get(&ip).map(|v| &v[..]).unwrap_or(&[]);
+            b.names.remove(reverse_name(ip).as_str());
+            if let Some(c) = newest(&mut claimants.iter().filter(|c| c.network_from_container_uuid.is_none())) {
+                b.insert_ptr(ip, &c);
+            }
+            clients.remove(&IpAddr::V4(ip));
+            if let Some(c) = newest(&mut claimants.iter()) {
+                let c = snap.container(&c.uuid).expect("from this snapshot");
+                clients.insert(IpAddr::V4(ip), b.view(c, &mut searches));
+            }
+        }
+    }
+    for uuid in &touched {
+        if let Some(svc) = snap.service(uuid).filter(|s| live(&s.state)) {
+            b.service(svc);
+        }
     }
     b.aliases();
-    finish(snap, cfg, b.names, prev.clients.clone())
+    let clients = match clients {
+        Some(c) => Arc::new(c),
+        None => prev.clients.clone(),
+    };
+    finish(snap, cfg, b.names, clients)
 }
 
 fn finish(snap: &Snapshot, cfg: &NamingConfig, names: Names, clients: Arc<Clients>) -> Answers {
@@ -117,6 +190,11 @@ fn usable(snap: &Snapshot, svc: &Service, c: &Container) -> bool {
         "" => c.health_check.is_none() && svc.launch_config.health_check.is_none(),
         _ => false,
     }
+}
+
+/// Whether `c` wins an address (or a view) over `other` when both claim it: the newest.
+fn claims(c: &Container, other: &Container) -> bool {
+    (c.create_index, &c.name, &c.uuid) > (other.create_index, &other.name, &other.uuid)
 }
 
 /// `<service>.<stack>.rancher.internal.`
@@ -273,62 +351,71 @@ impl<'a> Builder<'a> {
             let Some(ip) = container_ip(self.snap, c) else { continue };
             let name = format!("{}.{ZONE}", c.name.to_ascii_lowercase());
             self.names.insert(name.into(), Arc::new(Entry { a: vec![ip], ..Default::default() }));
-            if c.network_from_container_uuid.is_none() {
-                // Two records claiming one address (a stale one not yet cleaned up): the newest wins.
-                let newer = |old: &Arc<Container>| (c.create_index, &c.name) > (old.create_index, &old.name);
-                if ptr_owner.get(&ip).is_none_or(|old| newer(old)) {
-                    ptr_owner.insert(ip, c);
-                }
+            if c.network_from_container_uuid.is_none() && ptr_owner.get(&ip).is_none_or(|old| claims(c, old)) {
+                ptr_owner.insert(ip, c);
             }
         }
         for (ip, c) in ptr_owner {
-            let Ok(target) = Name::from_ascii(format!("{}.{ZONE}", c.name.to_ascii_lowercase())) else { continue };
+            self.insert_ptr(ip, c);
+        }
+    }
+
+    fn insert_ptr(&mut self, ip: Ipv4Addr, c: &Container) {
+        if let Ok(target) = Name::from_ascii(format!("{}.{ZONE}", c.name.to_ascii_lowercase())) {
             self.names.insert(reverse_name(ip).into(), Arc::new(Entry { ptr: Some(target), ..Default::default() }));
         }
     }
 
+    /// Every container by address (its own or the one whose network it shares).
+    fn by_address(&self) -> HashMap<Ipv4Addr, Vec<&'a Arc<Container>>> {
+        let snap: &'a Snapshot = self.snap;
+        let mut out: HashMap<Ipv4Addr, Vec<&'a Arc<Container>>> = HashMap::new();
+        for c in snap.containers().filter(|c| c.desired_state != "removed") {
+            if let Some(ip) = container_ip(snap, c) {
+                out.entry(ip).or_default().push(c);
+            }
+        }
+        out
+    }
+
     fn clients(&self) -> Clients {
-        let mut out: HashMap<IpAddr, (Option<u64>, View)> = HashMap::new();
-        // Most containers of a launch config share one search list and no resolvers of their own.
-        let mut searches: HashMap<(&str, Option<&str>), SearchList> = HashMap::new();
-        let no_upstreams: Arc<[SocketAddr]> = Arc::from(vec![]);
+        let mut out: HashMap<IpAddr, &Arc<Container>> = HashMap::new();
         for c in self.snap.containers() {
             if c.desired_state == "removed" {
                 continue;
             }
             let Some(ip) = container_ip(self.snap, c) else { continue };
-            let svc = c.service_uuid.as_deref().and_then(|u| self.snap.service(u));
-            let stack = svc.and_then(|s| self.stack_of(s));
-            let lc = svc.map(|s| match c.launch_config_name.as_deref().filter(|n| *n != s.name) {
-                Some(n) => {
-                    s.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(n)).unwrap_or(&s.launch_config)
-                }
-                None => &s.launch_config,
-            });
-            let plain = c.dns_search.is_empty() && !c.labels.contains_key(DNS_PRIORITY_LABEL);
-            let search = match (plain, svc) {
-                (true, Some(s)) => searches
-                    .entry((s.uuid.as_str(), c.launch_config_name.as_deref()))
-                    .or_insert_with(|| self.search(c, svc, stack, lc).into())
-                    .clone(),
-                _ => self.search(c, svc, stack, lc).into(),
-            };
-            let dns = if c.dns.is_empty() { lc.map(|l| &l.dns[..]).unwrap_or(&[]) } else { &c.dns };
-            let recurse = if dns.is_empty() { no_upstreams.clone() } else { recurse_list(dns).into() };
-            let view = View { search, recurse, names: self.links(c, svc) };
-            // The newest container wins an address two records claim.
-            match out.entry(IpAddr::V4(ip)) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert((c.create_index, view));
-                }
-                std::collections::hash_map::Entry::Occupied(mut o) => {
-                    if c.create_index > o.get().0 {
-                        o.insert((c.create_index, view));
-                    }
-                }
+            let slot = out.entry(IpAddr::V4(ip)).or_insert(c);
+            if claims(c, slot) {
+                *slot = c;
             }
         }
-        out.into_iter().map(|(ip, (_, v))| (ip, v)).collect()
+        // Most containers of a launch config share one search list.
+        let mut searches = HashMap::new();
+        out.into_iter().map(|(ip, c)| (ip, self.view(c, &mut searches))).collect()
+    }
+
+    /// What container `c` sees: its search list, its own resolvers and its links.
+    fn view(&self, c: &'a Container, searches: &mut HashMap<(&'a str, Option<&'a str>), SearchList>) -> View {
+        let snap: &'a Snapshot = self.snap;
+        let svc = c.service_uuid.as_deref().and_then(|u| snap.service(u));
+        let stack = svc.and_then(|s| self.stack_of(s));
+        let lc = svc.map(|s| match c.launch_config_name.as_deref().filter(|n| *n != s.name) {
+            Some(n) => {
+                s.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(n)).unwrap_or(&s.launch_config)
+            }
+            None => &s.launch_config,
+        });
+        let plain = c.dns_search.is_empty() && !c.labels.contains_key(DNS_PRIORITY_LABEL);
+        let search = match (plain, svc) {
+            (true, Some(s)) => searches
+                .entry((s.uuid.as_str(), c.launch_config_name.as_deref()))
+                .or_insert_with(|| self.search(c, svc, stack, lc).into())
+                .clone(),
+            _ => self.search(c, svc, stack, lc).into(),
+        };
+        let dns = if c.dns.is_empty() { lc.map(|l| &l.dns[..]).unwrap_or(&[]) } else { &c.dns };
+        View { search, recurse: recurse_list(dns).into(), names: self.links(c, svc) }
     }
 
     fn search(

@@ -103,10 +103,13 @@ fn known_names_resolve_for_their_callers() {
     }
 }
 
-/// The incremental rebuild (statuses and health only) gives exactly what a full build gives.
+/// The incremental rebuild gives exactly what a full build gives, names and caller views alike,
+/// through random status, health and container changes (added, removed, readdressed, some onto
+/// addresses another container already claims, some linking to others).
 #[test]
 fn incremental_rebuild_equals_a_full_build() {
     use event_bus::model::{ContainerHealth, Extra};
+    use event_bus::testkit::fixtures;
     use event_bus::{Family, Key, Record};
     use rancher_dns::naming::rebuild;
 
@@ -130,26 +133,43 @@ fn incremental_rebuild_equals_a_full_build() {
         seed ^= seed << 17;
         seed % n
     };
-    for round in 0..300 {
+    let (mut incremental_views, mut shared_views) = (0, 0);
+    for round in 0..400 {
         let before = snap.clone();
         for _ in 0..=next(3) {
             let c = format!("c{}", next(40));
-            let record = if next(2) == 0 {
-                let state = ["running", "stopped", "starting", "error"][next(4) as usize];
-                Some(event_bus::testkit::fixtures::status(&c, "h0", state).into_record())
-            } else {
-                let h = ["healthy", "unhealthy", "initializing", "updating-healthy"][next(4) as usize];
-                Some(Record::Health(ContainerHealth {
-                    uuid: c.clone(),
-                    health_state: h.into(),
-                    health_check_hosts: vec![],
-                    reports: Default::default(),
-                    extra: Extra::new(),
-                }))
+            let (key, record) = match next(10) {
+                0..=3 => {
+                    let state = ["running", "stopped", "starting", "error"][next(4) as usize];
+                    let r = fixtures::status(&c, "h0", state).into_record();
+                    (Key::new(Family::Status, &c).unwrap(), (next(5) != 0).then_some(r))
+                }
+                4..=6 => {
+                    let h = ["healthy", "unhealthy", "initializing", "updating-healthy"][next(4) as usize];
+                    let r = Record::Health(ContainerHealth {
+                        uuid: c.clone(),
+                        health_state: h.into(),
+                        health_check_hosts: vec![],
+                        reports: Default::default(),
+                        extra: Extra::new(),
+                    });
+                    (Key::new(Family::Health, &c).unwrap(), (next(5) != 0).then_some(r))
+                }
+                _ => {
+                    // A container written: a new one or an existing one, on one of a few addresses
+                    // (so claims collide), sometimes removed, now and then linking to another.
+                    let uuid = if next(2) == 0 { format!("n{}", next(6)) } else { c.clone() };
+                    let sv = format!("sv{}-{}", next(4), next(3));
+                    let st = sv[2..].split('-').next().map(|s| format!("st{s}")).unwrap();
+                    let ip = format!("10.42.{}.{}", next(3), next(4) + 2);
+                    let mut ct = fixtures::container(&uuid, &format!("x-{uuid}"), &sv, &st, "h0", &ip);
+                    ct.create_index = Some(next(100));
+                    if next(8) == 0 {
+                        ct.links.insert("peer".into(), format!("c{}", next(40)));
+                    }
+                    (Key::new(Family::Container, &uuid).unwrap(), (next(6) != 0).then_some(ct.into_record()))
+                }
             };
-            let record = if next(5) == 0 { None } else { record };
-            let family = if next(2) == 0 { Family::Status } else { Family::Health };
-            let key = Key::new(record.as_ref().map(|r| r.family()).unwrap_or(family), &c).unwrap();
             snap.apply(&key, record);
         }
         let incremental = rebuild(&snap, &cfg, Some((&before, &current)));
@@ -158,7 +178,13 @@ fn incremental_rebuild_equals_a_full_build() {
         for (name, entry) in &full.default.names {
             assert_eq!(incremental.default.names.get(name).map(|e| &**e), Some(&**entry), "round {round}: {name}");
         }
-        assert!(std::sync::Arc::ptr_eq(&incremental.clients, &current.clients), "caller views reused");
+        assert_eq!(*incremental.clients, *full.clients, "round {round}: caller views");
+        if std::sync::Arc::ptr_eq(&incremental.clients, &current.clients) {
+            shared_views += 1;
+        } else {
+            incremental_views += 1;
+        }
         current = incremental;
     }
+    assert!(shared_views > 20 && incremental_views > 20, "both paths exercised: {shared_views} / {incremental_views}");
 }
