@@ -277,10 +277,20 @@ async fn state_changes_show_in_the_next_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keeps_answering_while_nats_is_down() {
+async fn keeps_answering_while_nats_is_down_and_resyncs_after() {
     let mut w = world().await;
     w._nats.kill();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(w.dns.dig(STRANGER, &["web.app.rancher.internal"]).data("A"), [WEB1, WEB2], "last good state served");
     assert_eq!(w.dns.dig(WEB1, &["database"]).data("A"), [DB1]);
+    assert!(w.dns.metrics().contains("corral_dns_queries_total{type=\"A\",rcode=\"NOERROR\"}"));
+
+    // NATS comes back (same store); a change made then shows up.
+    w._nats.restart();
+    let bus = Bus::connect(&NatsOptions::new(w._nats.url()), "default", Duration::from_secs(10)).await.unwrap();
+    let store = StateStore::open(&bus).await.unwrap();
+    store.put(&fixtures::status("c-web2", "h1", "stopped")).await.unwrap();
+    common::within(Duration::from_secs(15), "change after reconnect visible", || {
+        w.dns.dig(STRANGER, &["web.app.rancher.internal"]).data("A") == [WEB1]
+    });
 }
