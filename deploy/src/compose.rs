@@ -1,0 +1,960 @@
+//! docker-compose.yml (v1 flat, v2 `services:`) + rancher-compose.yml → the stack's desired
+//! services. Every compose field Rancher mapped is carried (into the launch config's typed
+//! fields, or kept verbatim beside them) or refused by name; unknown keys are errors; every
+//! problem in both files is reported at once, with its position.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+
+use event_bus::model::{Extra, HealthCheck, LaunchConfig, LbConfig, Service, ServiceKind, Stack};
+use serde_json::{json, Value as Json};
+
+use crate::problem::Problems;
+use crate::yaml::{Node, Pos, Value};
+
+/// Compose keys carried into typed launch-config fields (handled one by one below).
+const TYPED: &[&str] = &[
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "env_file",
+    "labels",
+    "ports",
+    "expose",
+    "dns",
+    "dns_search",
+    "network_mode",
+    "net",
+    "volumes",
+    "volumes_from",
+    "hostname",
+    "privileged",
+    "cap_add",
+    "mem_reservation",
+    "links",
+    "external_links",
+];
+
+/// Compose keys Rancher mapped that Corral keeps verbatim in the launch config (the deploy agent
+/// reads them when it creates the container).
+const VERBATIM: &[&str] = &[
+    "domainname",
+    "user",
+    "working_dir",
+    "cap_drop",
+    "devices",
+    "restart",
+    "security_opt",
+    "read_only",
+    "tty",
+    "stdin_open",
+    "cpu_shares",
+    "cpuset",
+    "cpu_period",
+    "cpu_quota",
+    "mem_limit",
+    "memswap_limit",
+    "mem_swappiness",
+    "kernel_memory",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "shm_size",
+    "tmpfs",
+    "ulimits",
+    "sysctls",
+    "pid",
+    "ipc",
+    "uts",
+    "group_add",
+    "cgroup_parent",
+    "extra_hosts",
+    "stop_signal",
+    "init",
+    "isolation",
+    "logging",
+    "log_driver",
+    "log_opt",
+    "healthcheck",
+    "dns_opt",
+    "volume_driver",
+    "blkio_weight",
+    "blkio_weight_device",
+    "device_read_bps",
+    "device_write_bps",
+    "device_read_iops",
+    "device_write_iops",
+    "mac_address",
+    "stop_grace_period",
+    "depends_on",
+    "cpus",
+    "cpu_count",
+    "cpu_percent",
+    "storage_opt",
+];
+
+/// Compose keys refused, with the reason.
+const REFUSED: &[(&str, &str)] = &[
+    ("build", "building images is not supported (there is no registry to push to): build the image on the hosts and give `image`"),
+    ("container_name", "Corral names containers <stack>-<service>-<n> so that DNS and metadata can find them; remove `container_name`"),
+    ("networks", "Corral has one managed network per environment; use `network_mode` (host, none, container:<sidekick>)"),
+    ("secrets", "Docker secrets are not supported"),
+    ("configs", "Docker configs are not supported"),
+    ("deploy", "the Swarm `deploy` block is not supported; use rancher-compose.yml (scale, upgrade_strategy)"),
+];
+
+const RANCHER_KEYS: &[&str] = &[
+    "scale",
+    "retain_ip",
+    "health_check",
+    "lb_config",
+    "load_balancer_config",
+    "upgrade_strategy",
+    "metadata",
+    "external_ips",
+    "hostname",
+    "start_on_create",
+    "scale_policy",
+];
+
+pub const SIDEKICKS_LABEL: &str = "io.rancher.sidekicks";
+
+/// The parsed stack: its services in file order, with the files' problems.
+#[derive(Debug, Default)]
+pub struct StackFiles {
+    pub services: Vec<Service>,
+    /// Top-level `volumes:` of a v2 file, kept as written.
+    pub volumes: BTreeMap<String, Json>,
+}
+
+/// A stack name Rancher would accept (also a DNS label).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+pub fn stack_id(stack: &str) -> String {
+    stack.to_string()
+}
+
+/// `<stack>=<service>`: `=` cannot appear in names, so ids never collide.
+pub fn service_id(stack: &str, service: &str) -> String {
+    format!("{stack}={service}")
+}
+
+pub fn stack_record(name: &str) -> Stack {
+    Stack {
+        uuid: stack_id(name),
+        name: name.to_string(),
+        environment_uuid: String::new(),
+        system: false,
+        description: String::new(),
+        state: "active".into(),
+        extra: Extra::new(),
+    }
+}
+
+/// The services of a compose file (after interpolation). `base_dir` resolves `env_file`.
+pub fn services_of(compose: &Node, stack: &str, base_dir: &std::path::Path, p: &mut Problems) -> StackFiles {
+    let mut out = StackFiles::default();
+    let Some(top) = compose.as_map() else {
+        if !matches!(compose.value, Value::Null) {
+            p.add(compose.pos, "", format!("expected a map of services, found {}", compose.kind()));
+        }
+        return out;
+    };
+    let v2 = compose.get("version").is_some();
+    let (services, prefix) = if v2 {
+        match compose.get("version").and_then(Node::as_str) {
+            Some("2") | Some("2.0") | Some("2.1") => {}
+            Some(other) => {
+                let pos = compose.get("version").map(|n| n.pos).unwrap_or_default();
+                p.add(
+                    pos,
+                    "version",
+                    format!("unsupported version {other:?}: Rancher 1.6 read versions 1 (no `version`) and 2"),
+                );
+            }
+            None => p.add(compose.pos, "version", "expected a string such as '2'"),
+        }
+        for (k, v) in top {
+            match k.as_str() {
+                Some("version") | Some("services") => {}
+                Some("volumes") => {
+                    if let Some(m) = v.as_map() {
+                        for (name, def) in m {
+                            out.volumes.insert(name.as_str().unwrap_or_default().to_string(), def.to_json());
+                        }
+                    } else if !matches!(v.value, Value::Null) {
+                        p.add(v.pos, "volumes", format!("expected a map of volumes, found {}", v.kind()));
+                    }
+                }
+                Some(other @ ("networks" | "secrets" | "configs")) => {
+                    p.add(k.pos, other, format!("top-level `{other}` is not supported by Corral"))
+                }
+                Some(other) => p.add(k.pos, other, "unknown top-level key (expected version, services, volumes)"),
+                None => p.add(k.pos, "", "keys must be strings"),
+            }
+        }
+        (compose.get("services"), "services.")
+    } else {
+        (Some(compose), "")
+    };
+    let Some(services) = services else { return out };
+    let Some(entries) = services.as_map() else {
+        p.add(
+            services.pos,
+            prefix.trim_end_matches('.'),
+            format!("expected a map of services, found {}", services.kind()),
+        );
+        return out;
+    };
+    let mut seen = HashSet::new();
+    for (k, def) in entries {
+        let Some(name) = k.as_str() else { continue };
+        let path = format!("{prefix}{name}");
+        if !valid_name(name) {
+            p.add(
+                k.pos,
+                &path,
+                "service names are 1-63 letters, digits and dashes, not starting or ending with a dash",
+            );
+            continue;
+        }
+        if !seen.insert(name.to_ascii_lowercase()) {
+            p.add(k.pos, &path, "a service of this name (ignoring case) is already defined");
+            continue;
+        }
+        out.services.push(service(name, def, stack, &path, base_dir, p));
+    }
+    out
+}
+
+fn service(name: &str, def: &Node, stack: &str, path: &str, base_dir: &std::path::Path, p: &mut Problems) -> Service {
+    let mut svc = event_bus_service(stack, name);
+    let Some(entries) = def.as_map() else {
+        p.add(def.pos, path, format!("expected a map of settings, found {}", def.kind()));
+        return svc;
+    };
+    let mut env_from_files: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in entries {
+        let Some(key) = k.as_str() else { continue };
+        let at = format!("{path}.{key}");
+        let lc = &mut svc.launch_config;
+        match key {
+            "image" => lc.image = string(v, &at, p).unwrap_or_default(),
+            "command" => lc.command = words(v, &at, p),
+            "entrypoint" => lc.entry_point = words(v, &at, p),
+            "environment" => lc.environment = pairs(v, &at, p, true),
+            "env_file" => {
+                for file in strings(v, &at, p) {
+                    match read_env_file(&base_dir.join(&file)) {
+                        Ok(vars) => env_from_files.extend(vars),
+                        Err(e) => p.add(v.pos, &at, format!("cannot read {file}: {e}")),
+                    }
+                }
+            }
+            "labels" => lc.labels = pairs(v, &at, p, false),
+            "ports" => {
+                lc.ports = strings(v, &at, p);
+                for (i, port) in lc.ports.iter().enumerate() {
+                    if let Err(e) = check_port_spec(port) {
+                        p.add(item_pos(v, i), &format!("{at}[{i}]"), e);
+                    }
+                }
+            }
+            "expose" => {
+                lc.expose = strings(v, &at, p);
+                for (i, port) in lc.expose.iter().enumerate() {
+                    if let Err(e) = check_port_spec(port) {
+                        p.add(item_pos(v, i), &format!("{at}[{i}]"), e);
+                    }
+                }
+            }
+            "dns" => lc.dns = strings(v, &at, p),
+            "dns_search" => lc.dns_search = strings(v, &at, p),
+            "network_mode" | "net" => lc.network_mode = string(v, &at, p),
+            "volumes" => lc.volumes = strings(v, &at, p),
+            "volumes_from" => lc.volumes_from = strings(v, &at, p),
+            "hostname" => lc.hostname = string(v, &at, p),
+            "privileged" => lc.privileged = boolean(v, &at, p).unwrap_or(false),
+            "cap_add" => lc.cap_add = strings(v, &at, p),
+            "mem_reservation" => lc.memory_reservation = bytes(v, &at, p),
+            "links" | "external_links" => {
+                for (i, link) in strings(v, &at, p).into_iter().enumerate() {
+                    let (target, alias) = link.split_once(':').unwrap_or((&link, ""));
+                    let target = if key == "links" {
+                        if target.contains('/') {
+                            p.add(
+                                item_pos(v, i),
+                                &format!("{at}[{i}]"),
+                                "links name services of this stack; use external_links for stack/service",
+                            );
+                            continue;
+                        }
+                        format!("{stack}/{target}")
+                    } else {
+                        if target.split('/').count() != 2 || target.split('/').any(|s| !valid_name(s)) {
+                            p.add(
+                                item_pos(v, i),
+                                &format!("{at}[{i}]"),
+                                "expected stack/service or stack/service:alias",
+                            );
+                            continue;
+                        }
+                        target.to_string()
+                    };
+                    svc.links.insert(target, alias.to_string());
+                }
+            }
+            k if VERBATIM.contains(&k) => {
+                lc.extra.insert(k.to_string(), v.to_json());
+            }
+            k => match REFUSED.iter().find(|(r, _)| *r == k) {
+                Some((_, why)) => p.add(k_pos(entries, k), &at, *why),
+                None if TYPED.contains(&k) => {}
+                None => p.add(k_pos(entries, k), &at, "unknown compose key"),
+            },
+        }
+    }
+    // Variables from env_file first; `environment` wins.
+    for (k, v) in env_from_files {
+        svc.launch_config.environment.entry(k).or_insert(v);
+    }
+    if svc.launch_config.image.is_empty() {
+        p.add(def.pos, path, "`image` is required");
+    }
+    svc.kind = kind_of(&svc.launch_config.image);
+    svc
+}
+
+fn k_pos(entries: &[(Node, Node)], key: &str) -> Pos {
+    entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(k, _)| k.pos).unwrap_or_default()
+}
+
+fn item_pos(list: &Node, i: usize) -> Pos {
+    match &list.value {
+        Value::Seq(items) => items.get(i).map(|n| n.pos).unwrap_or(list.pos),
+        _ => list.pos,
+    }
+}
+
+/// Rancher's special images.
+pub fn kind_of(image: &str) -> ServiceKind {
+    let repo = image.split(':').next().unwrap_or(image);
+    match repo {
+        "rancher/lb-service-haproxy" | "rancher/load-balancer-service" => ServiceKind::LoadBalancer,
+        "rancher/external-service" => ServiceKind::External,
+        "rancher/dns-service" => ServiceKind::Alias,
+        _ => ServiceKind::Service,
+    }
+}
+
+fn event_bus_service(stack: &str, name: &str) -> Service {
+    Service {
+        uuid: service_id(stack, name),
+        name: name.to_string(),
+        stack_uuid: stack_id(stack),
+        kind: ServiceKind::Service,
+        scale: Some(1),
+        create_index: None,
+        launch_config: LaunchConfig::default(),
+        secondary_launch_configs: Vec::new(),
+        metadata: Json::Null,
+        links: BTreeMap::new(),
+        external_ips: Vec::new(),
+        hostname: None,
+        fqdn: None,
+        vip: None,
+        lb_config: None,
+        selector_container: None,
+        system: false,
+        state: "active".into(),
+        token: None,
+        extra: Extra::new(),
+    }
+}
+
+fn string(v: &Node, at: &str, p: &mut Problems) -> Option<String> {
+    match &v.value {
+        Value::Scalar { text, .. } => Some(text.clone()),
+        Value::Null => None,
+        _ => {
+            p.add(v.pos, at, format!("expected a string, found {}", v.kind()));
+            None
+        }
+    }
+}
+
+/// A string or a list of strings.
+fn strings(v: &Node, at: &str, p: &mut Problems) -> Vec<String> {
+    match &v.value {
+        Value::Scalar { text, .. } => vec![text.clone()],
+        Value::Null => vec![],
+        Value::Seq(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match &n.value {
+                Value::Scalar { text, .. } => Some(text.clone()),
+                _ => {
+                    p.add(n.pos, &format!("{at}[{i}]"), format!("expected a string, found {}", n.kind()));
+                    None
+                }
+            })
+            .collect(),
+        Value::Map(_) => {
+            p.add(v.pos, at, "expected a string or a list of strings, found a map");
+            vec![]
+        }
+    }
+}
+
+/// A command: a list as is, or a string split the way a shell splits words.
+fn words(v: &Node, at: &str, p: &mut Problems) -> Vec<String> {
+    match &v.value {
+        Value::Scalar { text, .. } => match split_words(text) {
+            Ok(w) => w,
+            Err(e) => {
+                p.add(v.pos, at, e);
+                vec![]
+            }
+        },
+        _ => strings(v, at, p),
+    }
+}
+
+fn split_words(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') => cur.extend(chars.next()),
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, '\\') => {
+                cur.extend(chars.next());
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unclosed quote in {s:?}"));
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// `environment` / `labels`: a map, or a list of `KEY=VALUE` (`KEY` alone: empty for labels,
+/// from the process environment for variables, as compose).
+fn pairs(v: &Node, at: &str, p: &mut Problems, env: bool) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match &v.value {
+        Value::Map(entries) => {
+            for (k, val) in entries {
+                let key = k.as_str().unwrap_or_default().to_string();
+                let value = match &val.value {
+                    Value::Null => String::new(),
+                    Value::Scalar { text, .. } => text.clone(),
+                    _ => {
+                        p.add(val.pos, &format!("{at}.{key}"), format!("expected a string, found {}", val.kind()));
+                        continue;
+                    }
+                };
+                out.insert(key, value);
+            }
+        }
+        Value::Seq(_) => {
+            for (i, item) in strings(v, at, p).into_iter().enumerate() {
+                match item.split_once('=') {
+                    Some((k, val)) => out.insert(k.to_string(), val.to_string()),
+                    None if env => out.insert(item.clone(), std::env::var(&item).unwrap_or_default()),
+                    None => out.insert(item.clone(), String::new()),
+                };
+                let _ = i;
+            }
+        }
+        Value::Null => {}
+        Value::Scalar { .. } => p.add(v.pos, at, "expected a map or a list of KEY=VALUE"),
+    }
+    out
+}
+
+fn boolean(v: &Node, at: &str, p: &mut Problems) -> Option<bool> {
+    match v.to_json() {
+        Json::Bool(b) => Some(b),
+        Json::String(s) if s == "true" || s == "false" => Some(s == "true"),
+        _ => {
+            p.add(v.pos, at, "expected true or false");
+            None
+        }
+    }
+}
+
+fn integer(v: &Node, at: &str, p: &mut Problems, min: i64, max: i64) -> Option<i64> {
+    let n = match v.to_json() {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if (min..=max).contains(&n) => Some(n),
+        Some(n) => {
+            p.add(v.pos, at, format!("{n} is out of range ({min}..={max})"));
+            None
+        }
+        None => {
+            p.add(v.pos, at, "expected a whole number");
+            None
+        }
+    }
+}
+
+/// `512m`, `1g`, `1048576` → bytes.
+fn bytes(v: &Node, at: &str, p: &mut Problems) -> Option<u64> {
+    let text = match v.to_json() {
+        Json::Number(n) => return n.as_u64(),
+        Json::String(s) => s.to_ascii_lowercase(),
+        _ => String::new(),
+    };
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let mult = match unit {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => 0,
+    };
+    match digits.parse::<u64>() {
+        Ok(n) if mult > 0 => Some(n * mult),
+        _ => {
+            p.add(v.pos, at, "expected a size such as 512m, 1g or a number of bytes");
+            None
+        }
+    }
+}
+
+/// `80`, `80/udp`, `8080:80`, `127.0.0.1:8080:80/tcp`, `8000-8010:8000-8010`.
+pub fn check_port_spec(spec: &str) -> Result<(), String> {
+    let (ports, proto) = match spec.rsplit_once('/') {
+        Some((ports, proto)) => (ports, proto),
+        None => (spec, "tcp"),
+    };
+    if !matches!(proto, "tcp" | "udp") {
+        return Err(format!("{spec:?}: protocol must be tcp or udp"));
+    }
+    let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
+    if parts.len() == 3 && parts[2].parse::<IpAddr>().is_err() {
+        return Err(format!("{spec:?}: expected [ip:]host_port:container_port"));
+    }
+    for part in parts.iter().take(2) {
+        let range: Vec<&str> = part.split('-').collect();
+        if range.len() > 2 || range.iter().any(|r| !r.parse::<u16>().is_ok_and(|n| n > 0)) {
+            return Err(format!("{spec:?}: ports are numbers from 1 to 65535"));
+        }
+    }
+    Ok(())
+}
+
+fn read_env_file(path: &std::path::Path) -> std::io::Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.trim().to_string(), v.to_string())))
+        .collect())
+}
+
+/// Applies rancher-compose.yml to the services; a rancher-compose service that the compose file
+/// does not define is an error.
+pub fn apply_rancher(rancher: &Node, files: &mut StackFiles, p: &mut Problems) {
+    let Some(top) = rancher.as_map() else {
+        if !matches!(rancher.value, Value::Null) {
+            p.add(rancher.pos, "", format!("expected a map, found {}", rancher.kind()));
+        }
+        return;
+    };
+    let v2 = rancher.get("version").is_some();
+    let services = if v2 { rancher.get("services") } else { Some(rancher) };
+    if v2 {
+        for (k, _) in top {
+            match k.as_str() {
+                Some("version" | "services" | "catalog" | ".catalog") => {}
+                Some(other) => p.add(k.pos, other, "unknown top-level key (expected version, services, catalog)"),
+                None => {}
+            }
+        }
+    }
+    let Some(entries) = services.and_then(Node::as_map) else { return };
+    let prefix = if v2 { "services." } else { "" };
+    for (k, def) in entries {
+        let Some(name) = k.as_str() else { continue };
+        if matches!(name, ".catalog" | "catalog") && !v2 {
+            continue;
+        }
+        let path = format!("{prefix}{name}");
+        let Some(svc) = files.services.iter_mut().find(|s| s.name == name) else {
+            p.add(k.pos, &path, "no service of this name in the compose file");
+            continue;
+        };
+        let Some(settings) = def.as_map() else {
+            if !matches!(def.value, Value::Null) {
+                p.add(def.pos, &path, format!("expected a map of settings, found {}", def.kind()));
+            }
+            continue;
+        };
+        for (sk, v) in settings {
+            let Some(key) = sk.as_str() else { continue };
+            let at = format!("{path}.{key}");
+            match key {
+                "scale" => svc.scale = integer(v, &at, p, 0, 10_000).map(|n| n as u32),
+                "retain_ip" => {
+                    if let Some(b) = boolean(v, &at, p) {
+                        svc.extra.insert("retain_ip".into(), json!(b));
+                    }
+                }
+                "health_check" => svc.launch_config.health_check = health_check(v, &at, p),
+                "lb_config" | "load_balancer_config" => svc.lb_config = lb_config(v, &at, p),
+                "upgrade_strategy" => {
+                    check_keys(v, &at, p, &["start_first", "batch_size", "interval_millis"]);
+                    if let Some(n) = v.get("batch_size") {
+                        integer(n, &format!("{at}.batch_size"), p, 1, 10_000);
+                    }
+                    if let Some(n) = v.get("interval_millis") {
+                        integer(n, &format!("{at}.interval_millis"), p, 0, 86_400_000);
+                    }
+                    if let Some(n) = v.get("start_first") {
+                        boolean(n, &format!("{at}.start_first"), p);
+                    }
+                    svc.extra.insert("upgrade_strategy".into(), v.to_json());
+                }
+                "metadata" => match v.value {
+                    Value::Map(_) => svc.metadata = v.to_json(),
+                    _ => p.add(v.pos, &at, "expected a map"),
+                },
+                "external_ips" => {
+                    let ips = strings(v, &at, p);
+                    for (i, ip) in ips.iter().enumerate() {
+                        if ip.parse::<IpAddr>().is_err() {
+                            p.add(item_pos(v, i), &format!("{at}[{i}]"), format!("{ip:?} is not an IP address"));
+                        }
+                    }
+                    svc.external_ips = ips;
+                }
+                "hostname" => svc.hostname = string(v, &at, p),
+                "start_on_create" | "scale_policy" => {
+                    svc.extra.insert(key.into(), v.to_json());
+                }
+                other if RANCHER_KEYS.contains(&other) => {}
+                other => p.add(sk.pos, &at, format!("unknown rancher-compose key `{other}`")),
+            }
+        }
+    }
+}
+
+fn check_keys(v: &Node, at: &str, p: &mut Problems, known: &[&str]) {
+    match v.as_map() {
+        Some(entries) => {
+            for (k, _) in entries {
+                let key = k.as_str().unwrap_or_default();
+                if !known.contains(&key) {
+                    p.add(k.pos, &format!("{at}.{key}"), format!("unknown key (expected one of {})", known.join(", ")));
+                }
+            }
+        }
+        None => p.add(v.pos, at, format!("expected a map, found {}", v.kind())),
+    }
+}
+
+fn health_check(v: &Node, at: &str, p: &mut Problems) -> Option<HealthCheck> {
+    const KEYS: &[&str] = &[
+        "port",
+        "request_line",
+        "interval",
+        "response_timeout",
+        "healthy_threshold",
+        "unhealthy_threshold",
+        "initializing_timeout",
+        "reinitializing_timeout",
+        "strategy",
+        "recreate_on_quorum_strategy_config",
+    ];
+    check_keys(v, at, p, KEYS);
+    let port = match v.get("port") {
+        Some(n) => integer(n, &format!("{at}.port"), p, 1, 65535)? as u16,
+        None => {
+            p.add(v.pos, at, "`port` is required");
+            return None;
+        }
+    };
+    let ms = |key: &str, p: &mut Problems| {
+        v.get(key).and_then(|n| integer(n, &format!("{at}.{key}"), p, 1, 86_400_000)).map(|n| n as u64)
+    };
+    let count = |key: &str, p: &mut Problems| {
+        v.get(key).and_then(|n| integer(n, &format!("{at}.{key}"), p, 1, 1000)).map(|n| n as u32)
+    };
+    let strategy = v.get("strategy").and_then(|n| string(n, &format!("{at}.strategy"), p));
+    if let Some(s) = &strategy {
+        if !matches!(s.as_str(), "none" | "recreate" | "recreateOnQuorum") {
+            p.add(
+                v.get("strategy").map(|n| n.pos).unwrap_or(v.pos),
+                &format!("{at}.strategy"),
+                format!("{s:?}: expected none, recreate or recreateOnQuorum"),
+            );
+        }
+    }
+    let quorum = v.get("recreate_on_quorum_strategy_config").and_then(|q| {
+        check_keys(q, &format!("{at}.recreate_on_quorum_strategy_config"), p, &["quorum"]);
+        q.get("quorum")
+            .and_then(|n| integer(n, &format!("{at}.recreate_on_quorum_strategy_config.quorum"), p, 1, 10_000))
+    });
+    if strategy.as_deref() == Some("recreateOnQuorum") && quorum.is_none() {
+        p.add(v.pos, at, "strategy recreateOnQuorum needs recreate_on_quorum_strategy_config.quorum");
+    }
+    let request_line = v.get("request_line").and_then(|n| string(n, &format!("{at}.request_line"), p));
+    if let Some(line) = request_line.as_deref().filter(|l| !l.is_empty()) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 2 || !parts[1].starts_with('/') {
+            p.add(
+                v.get("request_line").map(|n| n.pos).unwrap_or(v.pos),
+                &format!("{at}.request_line"),
+                format!("{line:?}: expected METHOD /path [HTTP/1.x]"),
+            );
+        }
+    }
+    let hc = json!({
+        "port": port,
+        "request_line": request_line,
+        "interval": ms("interval", p),
+        "response_timeout": ms("response_timeout", p),
+        "healthy_threshold": count("healthy_threshold", p),
+        "unhealthy_threshold": count("unhealthy_threshold", p),
+        "initializing_timeout": ms("initializing_timeout", p),
+        "reinitializing_timeout": ms("reinitializing_timeout", p),
+        "strategy": strategy,
+        "recreate_on_quorum_strategy_config": quorum.map(|q| json!({"quorum": q})),
+    });
+    let hc = strip_nulls(hc);
+    serde_json::from_value(hc).ok()
+}
+
+fn strip_nulls(v: Json) -> Json {
+    match v {
+        Json::Object(m) => {
+            Json::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect())
+        }
+        other => other,
+    }
+}
+
+fn lb_config(v: &Node, at: &str, p: &mut Problems) -> Option<LbConfig> {
+    check_keys(v, at, p, &["port_rules", "certs", "default_cert", "config", "stickiness_policy"]);
+    let mut rules = Vec::new();
+    if let Some(list) = v.get("port_rules") {
+        let Value::Seq(items) = &list.value else {
+            p.add(list.pos, &format!("{at}.port_rules"), "expected a list of rules");
+            return None;
+        };
+        for (i, rule) in items.iter().enumerate() {
+            let rat = format!("{at}.port_rules[{i}]");
+            check_keys(
+                rule,
+                &rat,
+                p,
+                &[
+                    "source_port",
+                    "target_port",
+                    "protocol",
+                    "hostname",
+                    "path",
+                    "service",
+                    "priority",
+                    "backend_name",
+                    "selector",
+                    "container",
+                    "weight",
+                ],
+            );
+            for port in ["source_port", "target_port"] {
+                if let Some(n) = rule.get(port) {
+                    integer(n, &format!("{rat}.{port}"), p, 1, 65535);
+                }
+            }
+            if rule.get("source_port").is_none() {
+                p.add(rule.pos, &rat, "`source_port` is required");
+            }
+            if let Some(proto) = rule.get("protocol") {
+                let s = proto.as_str().unwrap_or_default();
+                if !matches!(s, "http" | "https" | "tcp" | "tls" | "sni" | "udp") {
+                    p.add(
+                        proto.pos,
+                        &format!("{rat}.protocol"),
+                        format!("{s:?}: expected http, https, tcp, tls, sni or udp"),
+                    );
+                }
+            }
+            if let Some(n) = rule.get("priority") {
+                integer(n, &format!("{rat}.priority"), p, 1, 1_000_000);
+            }
+            rules.push(strip_nulls(rule.to_json()));
+        }
+    }
+    let mut cfg = strip_nulls(v.to_json());
+    if let Json::Object(m) = &mut cfg {
+        m.insert("port_rules".into(), Json::Array(rules));
+    }
+    match serde_json::from_value(cfg) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            p.add(v.pos, at, format!("invalid lb_config: {e}"));
+            None
+        }
+    }
+}
+
+/// Checks across services, then folds sidekicks into their primaries: `io.rancher.sidekicks`
+/// names services of this file, each the sidekick of one primary; `network_mode:
+/// container:<x>` and `volumes_from` name members of the same deployment unit; `links` name
+/// services of this stack.
+pub fn assemble(files: &mut StackFiles, stack: &str, p: &mut Problems, positions: &dyn Fn(&str) -> Pos) {
+    let names: HashSet<String> = files.services.iter().map(|s| s.name.clone()).collect();
+    let mut sidekick_of: BTreeMap<String, String> = BTreeMap::new();
+    for svc in &files.services {
+        let Some(list) = svc.launch_config.labels.get(SIDEKICKS_LABEL) else { continue };
+        for sk in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let at = format!("{}.labels.{SIDEKICKS_LABEL}", svc.name);
+            if !names.contains(sk) {
+                p.add(positions(&at), &at, format!("sidekick {sk:?} is not a service of this file"));
+            } else if sk == svc.name {
+                p.add(positions(&at), &at, "a service cannot be its own sidekick");
+            } else if let Some(other) = sidekick_of.insert(sk.to_string(), svc.name.clone()) {
+                p.add(positions(&at), &at, format!("{sk:?} is already a sidekick of {other:?}"));
+            }
+        }
+    }
+    for (sk, primary) in &sidekick_of {
+        if sidekick_of.contains_key(primary) {
+            let at = format!("{primary}.labels.{SIDEKICKS_LABEL}");
+            p.add(positions(&at), &at, format!("{primary:?} is a sidekick itself and cannot have sidekicks ({sk:?})"));
+        }
+    }
+    for svc in &files.services {
+        let unit: Vec<&str> = match sidekick_of.get(&svc.name) {
+            Some(primary) => std::iter::once(primary.as_str())
+                .chain(sidekick_of.iter().filter(|(_, p)| *p == primary).map(|(s, _)| s.as_str()))
+                .collect(),
+            None => std::iter::once(svc.name.as_str())
+                .chain(sidekick_of.iter().filter(|(_, p)| **p == svc.name).map(|(s, _)| s.as_str()))
+                .collect(),
+        };
+        if let Some(mode) = &svc.launch_config.network_mode {
+            let at = format!("{}.network_mode", svc.name);
+            match mode.split_once(':') {
+                Some(("container", target)) if !unit.contains(&target) || target == svc.name => p.add(
+                    positions(&at),
+                    &at,
+                    format!(
+                        "container:{target} must name another member of this service's deployment unit ({})",
+                        unit.join(", ")
+                    ),
+                ),
+                Some(("container", _)) => {}
+                _ if matches!(mode.as_str(), "host" | "none" | "bridge" | "managed" | "") => {}
+                _ => p.add(
+                    positions(&at),
+                    &at,
+                    format!("{mode:?}: expected host, none, bridge, managed or container:<sidekick>"),
+                ),
+            }
+        }
+        for (i, from) in svc.launch_config.volumes_from.iter().enumerate() {
+            if !unit.contains(&from.as_str()) || from == &svc.name {
+                let at = format!("{}.volumes_from[{i}]", svc.name);
+                p.add(
+                    positions(&at),
+                    &at,
+                    format!("{from:?} must be another member of this service's deployment unit ({})", unit.join(", ")),
+                );
+            }
+        }
+        for target in svc.links.keys() {
+            if let Some(local) = target.strip_prefix(&format!("{stack}/")) {
+                if !names.contains(local) {
+                    let at = format!("{}.links", svc.name);
+                    p.add(positions(&at), &at, format!("link to {local:?}, which is not a service of this stack"));
+                }
+            }
+        }
+        if svc.kind == ServiceKind::External && svc.external_ips.is_empty() && svc.hostname.is_none() {
+            p.add(
+                positions(&svc.name),
+                &svc.name,
+                "an external service needs external_ips or hostname in rancher-compose.yml",
+            );
+        }
+    }
+    // Fold sidekicks into their primaries' secondary launch configs.
+    let mut sidekicks: BTreeMap<String, Service> = BTreeMap::new();
+    files.services.retain(|s| {
+        if sidekick_of.contains_key(&s.name) {
+            sidekicks.insert(s.name.clone(), s.clone());
+            false
+        } else {
+            true
+        }
+    });
+    for svc in files.services.iter_mut() {
+        let Some(list) = svc.launch_config.labels.get(SIDEKICKS_LABEL).cloned() else { continue };
+        for sk in list.split(',').map(str::trim) {
+            if let Some(s) = sidekicks.remove(sk) {
+                let mut lc = s.launch_config;
+                lc.name = Some(s.name.clone());
+                svc.secondary_launch_configs.push(lc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        for ok in ["80", "80/udp", "8080:80", "127.0.0.1:8080:80/tcp", "8000-8010:8000-8010"] {
+            assert!(check_port_spec(ok).is_ok(), "{ok}");
+        }
+        for bad in ["0", "70000", "80/sctp", "a:80", "x:1:2", "1-2-3"] {
+            assert!(check_port_spec(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(split_words(r#"sh -c "echo 'hi there'" x\ y"#).unwrap(), ["sh", "-c", "echo 'hi there'", "x y"]);
+        assert!(split_words("a 'b").is_err());
+    }
+}
