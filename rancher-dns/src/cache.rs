@@ -1,8 +1,8 @@
 //! A bounded cache of forwarded answers that honours TTLs: positive answers for the smallest TTL
 //! of their answer records, negative answers (NXDOMAIN, NODATA) for the SOA's negative TTL as
 //! RFC 2308 says, and SERVFAIL, REFUSED or answers without an SOA never. When full, expired
-//! entries go first, then the entry closest to expiry — never the whole cache at once, as the
-//! original did.
+//! entries go first (swept at most once a second), then the entry closest to expiry among a
+//! sample — one entry, never the whole cache at once, as the original did.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,11 +44,14 @@ struct Slot {
 pub struct Cache {
     capacity: usize,
     slots: Mutex<HashMap<Key, Slot>>,
+    last_sweep: Mutex<Instant>,
 }
+
+const EVICTION_SAMPLE: usize = 16;
 
 impl Cache {
     pub fn new(capacity: usize) -> Cache {
-        Cache { capacity, slots: Mutex::new(HashMap::new()) }
+        Cache { capacity, slots: Mutex::new(HashMap::new()), last_sweep: Mutex::new(Instant::now()) }
     }
 
     /// A copy of the entry with TTLs lowered by the time it spent here.
@@ -75,9 +78,16 @@ impl Cache {
         }
         let mut slots = self.slots.lock().expect("dns cache poisoned");
         if slots.len() >= self.capacity && !slots.contains_key(&key) {
-            slots.retain(|_, s| s.expires > now);
+            // Sweep expired entries at most once a second; otherwise evict the soonest to
+            // expire among a few entries (hash order is arbitrary enough), so a full cache
+            // does not cost a scan of every entry on each insert.
+            let mut last = self.last_sweep.lock().expect("dns cache poisoned");
+            if now.duration_since(*last) >= Duration::from_secs(1) {
+                *last = now;
+                slots.retain(|_, s| s.expires > now);
+            }
             if slots.len() >= self.capacity {
-                let victim = slots.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone());
+                let victim = slots.iter().take(EVICTION_SAMPLE).min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone());
                 if let Some(k) = victim {
                     slots.remove(&k);
                 }

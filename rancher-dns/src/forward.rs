@@ -1,6 +1,7 @@
 //! Forwarding to upstream resolvers: one try per upstream in order, each bounded by
 //! `--recurser-timeout`; UDP first and TCP when the UDP answer is truncated; the next upstream
-//! on a timeout, a network error, SERVFAIL or REFUSED; answers cached per [`crate::cache`].
+//! on a timeout, a network error, SERVFAIL, REFUSED, FORMERR or NOTIMP (an upstream that rejects
+//! our EDNS query, say); answers cached per [`crate::cache`].
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -97,8 +98,16 @@ impl Forwarder {
                         additionals: msg.additionals,
                     };
                     match answer.rcode {
-                        ResponseCode::ServFail | ResponseCode::Refused => {
-                            let reason = if answer.rcode == ResponseCode::ServFail { "servfail" } else { "refused" };
+                        ResponseCode::ServFail
+                        | ResponseCode::Refused
+                        | ResponseCode::FormErr
+                        | ResponseCode::NotImp => {
+                            let reason = match answer.rcode {
+                                ResponseCode::ServFail => "servfail",
+                                ResponseCode::Refused => "refused",
+                                ResponseCode::FormErr => "formerr",
+                                _ => "notimp",
+                            };
                             self.metrics.upstream_failure(upstream, reason);
                             tracing::debug!(%upstream, %name, rcode = %answer.rcode, "upstream refused; trying the next");
                             last_refusal = Some(answer);

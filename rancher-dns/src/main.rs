@@ -146,6 +146,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let cache = StateCache::start(&bus, &metrics).await?;
             let c = cache.clone();
             readiness.add("state cache", move || c.readiness());
+            tokio::spawn(async move {
+                // A reload signal must not end the process (its default action): with NATS the
+                // answers follow the state by themselves.
+                let mut hup =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: nothing to reload, answers follow the state in NATS");
+                }
+            });
             let cfg = NamingConfig { ttl: args.ttl, metadata_answer: args.rancher_metadata_answer.clone() };
             tokio::spawn(source::follow_cache(shared.clone(), cache.clone(), cfg));
             Some(cache)

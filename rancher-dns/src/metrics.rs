@@ -109,7 +109,7 @@ impl DnsMetrics {
         );
         metrics.register(
             "corral_dns_upstream_failures",
-            "Upstream tries that failed, by upstream and reason (timeout, error, servfail, refused)",
+            "Upstream tries that failed, by upstream and reason (timeout, error, servfail, refused, formerr, notimp)",
             m.upstream_failures.clone(),
         );
         metrics.register(

@@ -68,7 +68,10 @@ pub fn rebuild(snap: &Snapshot, cfg: &NamingConfig, previous: Option<(&Snapshot,
         for (before, after) in &changed {
             let uuid = after.as_ref().or(before.as_ref()).map(|c| c.uuid.as_str()).unwrap_or_default();
             let renamed = matches!((before, after), (Some(b), Some(a)) if b.name != a.name);
-            if renamed || referenced.contains(uuid) {
+            // A container named like the static metadata name: the full build decides.
+            let metadata =
+                [before, after].into_iter().flatten().any(|c| c.name.eq_ignore_ascii_case("rancher-metadata"));
+            if renamed || metadata || referenced.contains(uuid) {
                 return answers(snap, cfg);
             }
         }
@@ -89,19 +92,31 @@ pub fn rebuild(snap: &Snapshot, cfg: &NamingConfig, previous: Option<(&Snapshot,
     }
     let mut clients = if changed.is_empty() { None } else { Some((*prev.clients).clone()) };
     let mut addresses = HashSet::new();
+    let mut container_names = HashSet::new();
     for (before, after) in &changed {
         if let Some(c) = before {
-            b.names.remove(format!("{}.{ZONE}", c.name.to_ascii_lowercase()).as_str());
+            container_names.insert(c.name.to_ascii_lowercase());
             addresses.extend(container_ip(old, c));
             touch(c.service_uuid.as_deref());
         }
         if let Some(c) = after.as_ref().filter(|c| c.desired_state != "removed") {
-            if let Some(ip) = container_ip(snap, c) {
-                let name = format!("{}.{ZONE}", c.name.to_ascii_lowercase());
-                b.names.insert(name.into(), Arc::new(Entry { a: vec![ip], ..Default::default() }));
-                addresses.insert(ip);
-            }
+            container_names.insert(c.name.to_ascii_lowercase());
+            addresses.extend(container_ip(snap, c));
             touch(c.service_uuid.as_deref());
+        }
+    }
+    // A changed name is recomputed as a full build would: the last container (in key order)
+    // of that name with an address holds it.
+    for name in &container_names {
+        let fqdn = format!("{name}.{ZONE}");
+        b.names.remove(fqdn.as_str());
+        let holder = snap
+            .containers()
+            .filter(|c| c.desired_state != "removed" && c.name.eq_ignore_ascii_case(name))
+            .filter_map(|c| container_ip(snap, c))
+            .last();
+        if let Some(ip) = holder {
+            b.names.insert(fqdn.into(), Arc::new(Entry { a: vec![ip], ..Default::default() }));
         }
     }
     if let Some(clients) = clients.as_mut() {
@@ -187,8 +202,18 @@ fn usable(snap: &Snapshot, svc: &Service, c: &Container) -> bool {
     let health = snap.health(&c.uuid).map(|h| h.health_state.as_str()).unwrap_or("");
     match health {
         "healthy" | "updating-healthy" => true,
-        "" => c.health_check.is_none() && svc.launch_config.health_check.is_none(),
+        "" => c.health_check.is_none() && launch_config_of(svc, c).health_check.is_none(),
         _ => false,
+    }
+}
+
+/// The launch config a container was made from: its sidekick's, or the primary's.
+fn launch_config_of<'s>(svc: &'s Service, c: &Container) -> &'s event_bus::model::LaunchConfig {
+    match c.launch_config_name.as_deref().filter(|n| *n != svc.name) {
+        Some(n) => {
+            svc.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(n)).unwrap_or(&svc.launch_config)
+        }
+        None => &svc.launch_config,
     }
 }
 
@@ -501,6 +526,28 @@ pub fn parse_upstream(s: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use event_bus::testkit::fixtures;
+    use event_bus::Document;
+
+    /// A sidekick without a health check is judged by its own launch config, not by the
+    /// primary's health check.
+    #[test]
+    fn sidekicks_follow_their_own_health_check() {
+        let mut web = fixtures::service("s1", "st1", "web");
+        web.launch_config.health_check = Some(serde_json::from_value(serde_json::json!({"port": 80})).unwrap());
+        web.secondary_launch_configs =
+            vec![event_bus::model::LaunchConfig { name: Some("log".into()), ..Default::default() }];
+        let mut records = vec![fixtures::stack("st1", "app").into_record(), web.into_record()];
+        for (i, ip) in ["10.42.0.3", "10.42.0.4"].iter().enumerate() {
+            let mut c = fixtures::container(&format!("l{i}"), &format!("app-web-log-{}", i + 1), "s1", "st1", "h1", ip);
+            c.launch_config_name = Some("log".into());
+            records.push(c.into_record());
+            records.push(fixtures::status(&format!("l{i}"), "h1", "running").into_record());
+        }
+        let a = answers(&Snapshot::from_records(1, records), &NamingConfig { ttl: 1, metadata_answer: vec![] });
+        let log = &a.default.names["log.web.app.rancher.internal."];
+        assert_eq!(log.a.len(), 2, "{log:?}");
+    }
 
     #[test]
     fn ports() {

@@ -20,8 +20,9 @@ pub enum Outcome {
     /// The name exists here as a CNAME to a name that does not: answer the chain, then ask the
     /// upstreams for `target` with the same type and append what they say.
     CnameOut { chain: Vec<Record>, target: Name },
-    /// NXDOMAIN: the name is under an authoritative zone and nothing matched.
-    NxDomain { soa: Record },
+    /// NXDOMAIN: the name is under an authoritative zone and nothing matched (`chain`: the
+    /// CNAMEs that led there, when a local alias points at a missing name of our zone).
+    NxDomain { chain: Vec<Record>, soa: Record },
     /// Not ours: forward.
     Forward,
 }
@@ -115,20 +116,27 @@ pub fn resolve(answers: &Answers, client_ip: IpAddr, owner: &Name, qtype: Record
     let client = answers.client(client_ip);
     let Some((matched, entry)) = find(answers, client, &qname, opts.ndots) else {
         if let Some(zone) = answers.zone_of(&qname) {
-            if qtype == RecordType::SOA && qname == zone {
-                return Outcome::Local { answers: vec![answers.soa(zone)], additionals: vec![], soa: None };
+            if qname == zone {
+                // The zone's apex exists: its SOA, and NODATA for anything else.
+                let soa = answers.soa(zone);
+                return match qtype {
+                    RecordType::SOA => Outcome::Local { answers: vec![soa], additionals: vec![], soa: None },
+                    _ => Outcome::Local { answers: vec![], additionals: vec![], soa: Some(soa) },
+                };
             }
-            return Outcome::NxDomain { soa: answers.soa(zone) };
+            return Outcome::NxDomain { chain: vec![], soa: answers.soa(zone) };
         }
         return Outcome::Forward;
     };
     let ttl = entry.ttl.unwrap_or(answers.ttl);
-    let soa = || answers.zone_of(&matched).map(|z| answers.soa(z));
+    // The SOA of a NODATA answer: only when the name asked is itself in our zone (for `web.`
+    // found as `web.app.rancher.internal.` the zone's SOA would be out of bailiwick).
+    let soa = || answers.zone_of(&qname).map(|z| answers.soa(z));
     let nodata = || Outcome::Local { answers: vec![], additionals: vec![], soa: soa() };
 
     match qtype {
         RecordType::A | RecordType::AAAA | RecordType::ANY if entry.cname.is_some() => {
-            cname_chain(answers, client, owner, entry, ttl, qtype, opts)
+            cname_chain(answers, client, owner, &matched, entry, ttl, qtype, opts)
         }
         RecordType::A if !entry.a.is_empty() => {
             Outcome::Local { answers: a_records(owner, &entry.a, ttl, opts.rotate), additionals: vec![], soa: None }
@@ -179,10 +187,12 @@ pub fn resolve(answers: &Answers, client_ip: IpAddr, owner: &Name, qtype: Record
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn cname_chain(
     answers: &Answers,
     client: Option<&View>,
     owner: &Name,
+    matched: &str,
     first: &Arc<Entry>,
     ttl: u32,
     qtype: RecordType,
@@ -191,7 +201,8 @@ fn cname_chain(
     let mut chain = Vec::new();
     let mut current_owner = owner.clone();
     let mut entry = first.clone();
-    let mut seen = Vec::new();
+    // The name we started from counts as seen: a CNAME to itself is a loop of one.
+    let mut seen = vec![matched.to_string()];
     loop {
         let Some(target) = entry.cname.clone() else {
             // The chain ended on a local name holding addresses.
@@ -217,7 +228,11 @@ fn cname_chain(
                 entry = e.clone();
                 current_owner = target;
             }
-            None => return Outcome::CnameOut { chain, target },
+            None => match answers.zone_of(&key) {
+                // An alias into our own zone that leads nowhere: NXDOMAIN, not a forward.
+                Some(zone) => return Outcome::NxDomain { chain, soa: answers.soa(zone) },
+                None => return Outcome::CnameOut { chain, target },
+            },
         }
     }
 }

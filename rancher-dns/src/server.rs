@@ -124,11 +124,15 @@ impl RequestHandler for Handler {
             Some(ResponseCode::FormErr)
         } else if queries[0].query_class() != DNSClass::IN {
             Some(ResponseCode::NotImp)
+        } else if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            // Zone transfers are not offered (the names differ per caller anyway).
+            Some(ResponseCode::Refused)
         } else {
             None
         };
         if let Some(code) = reject {
             md.response_code = code;
+            md.recursion_available = false;
             let info =
                 send(&mut rh, request, builder.build(md, None.iter(), None.iter(), None.iter(), None.iter())).await;
             shared.metrics.query(qtype, code, Source::Rejected, started.elapsed());
@@ -148,10 +152,10 @@ impl RequestHandler for Handler {
                 let resp = builder.build(md, ans.iter(), None.iter(), soa.iter(), additionals.iter());
                 (Source::Local, send(&mut rh, request, resp).await)
             }
-            Outcome::NxDomain { soa } => {
+            Outcome::NxDomain { chain, soa } => {
                 md.authoritative = true;
                 md.response_code = ResponseCode::NXDomain;
-                let resp = builder.build(md, None.iter(), None.iter(), std::iter::once(&soa), None.iter());
+                let resp = builder.build(md, chain.iter(), None.iter(), std::iter::once(&soa), None.iter());
                 (Source::Local, send(&mut rh, request, resp).await)
             }
             Outcome::CnameOut { chain, target } => {

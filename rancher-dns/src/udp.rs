@@ -123,6 +123,7 @@ impl ResponseHandler for Responder {
         // RFC 6891: at most what the client advertised, 512 bytes without EDNS; records that do
         // not fit are left out and TC is set.
         let max = response.edns().map(|e| e.max_payload().max(512)).unwrap_or(512);
+        let edns = response.edns().cloned();
         let id = response.metadata().id;
         let op_code = response.metadata().op_code;
         let mut bytes = Vec::with_capacity(512);
@@ -138,6 +139,9 @@ impl ResponseHandler for Responder {
                 ResponseInfo::from(Header::read(&mut decoder).map_err(NetError::from)?)
             }
         };
+        if info.truncation && edns.is_some() {
+            bytes = truncated_with_opt(&bytes, edns.as_ref()).unwrap_or(bytes);
+        }
         if self.outbox.open.load(Ordering::Relaxed) {
             self.outbox.queue.lock().expect("outbox poisoned").push((bytes, self.dst));
             return Ok(info);
@@ -151,6 +155,21 @@ impl ResponseHandler for Responder {
         }
         Ok(info)
     }
+}
+
+/// hickory writes the OPT record last, so an answer cut at the client's size loses it, which
+/// RFC 6891 forbids. A truncated answer is sent as the question, TC and the OPT record alone:
+/// the client asks again over TCP and gets everything.
+fn truncated_with_opt(bytes: &[u8], edns: Option<&hickory_proto::op::Edns>) -> Option<Vec<u8>> {
+    let mut msg = Message::from_vec(bytes).ok()?;
+    msg.answers.clear();
+    msg.authorities.clear();
+    msg.additionals.clear();
+    msg.metadata.truncation = true;
+    if let Some(e) = edns {
+        msg.set_edns(e.clone());
+    }
+    msg.to_vec().ok()
 }
 
 /// Buffers for one `recvmmsg`.

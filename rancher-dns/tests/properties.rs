@@ -113,7 +113,7 @@ fn incremental_rebuild_equals_a_full_build() {
     use event_bus::{Family, Key, Record};
     use rancher_dns::naming::rebuild;
 
-    let cfg = NamingConfig { ttl: 1, metadata_answer: vec![] };
+    let cfg = NamingConfig { ttl: 1, metadata_answer: vec!["169.254.169.250".parse().unwrap()] };
     let shape = EnvironmentShape { hosts: 3, stacks: 4, services: 12, containers: 40 };
     let mut records = shape.build();
     // Give one service a health check, so health matters for it.
@@ -162,7 +162,10 @@ fn incremental_rebuild_equals_a_full_build() {
                     let sv = format!("sv{}-{}", next(4), next(3));
                     let st = sv[2..].split('-').next().map(|s| format!("st{s}")).unwrap();
                     let ip = format!("10.42.{}.{}", next(3), next(4) + 2);
-                    let mut ct = fixtures::container(&uuid, &format!("x-{uuid}"), &sv, &st, "h0", &ip);
+                    // Names from a small pool: duplicates, and the static metadata name.
+                    let name = ["x-a", "x-b", "x-c", "rancher-metadata"][next(4) as usize].to_string();
+                    let name = if next(2) == 0 { format!("x-{uuid}") } else { name };
+                    let mut ct = fixtures::container(&uuid, &name, &sv, &st, "h0", &ip);
                     ct.create_index = Some(next(100));
                     if next(8) == 0 {
                         ct.links.insert("peer".into(), format!("c{}", next(40)));

@@ -26,6 +26,9 @@ fn answers(dir: &std::path::Path, web_ip: &str) -> String {
     many.app.rancher.internal.: {{answer: [{}]}}
   txt:
     info.app.rancher.internal.: {{answer: ["hello"], ttl: 30}}
+  cname:
+    loop.app.rancher.internal.: {{answer: loop.app.rancher.internal.}}
+    gone.app.rancher.internal.: {{answer: nothere.rancher.internal.}}
 "127.0.50.1":
   search: [app.rancher.internal]
   a:
@@ -119,6 +122,18 @@ fn odd_questions_get_the_right_rcode_and_garbage_no_crash() {
     let long_out = format!("{label}.{label}.{label}.{}.test.", "b".repeat(56));
     assert_eq!(exchange(p, &query(&long_out, RecordType::A)).metadata.response_code, ResponseCode::ServFail);
 
+    // The zone's apex exists: NODATA (not NXDOMAIN) for A; zone transfers are refused.
+    let r = exchange(p, &query("rancher.internal.", RecordType::A));
+    assert_eq!((r.metadata.response_code, r.answers.len(), r.authorities.len()), (ResponseCode::NoError, 0, 1));
+    let r = exchange_tcp(p, &query("rancher.internal.", RecordType::AXFR));
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    // A CNAME to itself: one record, not a repeat; a CNAME into our zone that leads nowhere:
+    // NXDOMAIN with the chain, not a forward.
+    let r = exchange(p, &query("loop.app.rancher.internal.", RecordType::A));
+    assert_eq!(r.answers.len(), 1, "{r:?}");
+    let r = exchange(p, &query("gone.app.rancher.internal.", RecordType::A));
+    assert_eq!((r.metadata.response_code, r.answers.len()), (ResponseCode::NXDomain, 1));
+
     // A response sent to us is ignored (no reflection).
     let mut m = query("web.app.rancher.internal.", RecordType::A);
     m.metadata.message_type = MessageType::Response;
@@ -159,6 +174,14 @@ fn big_answers_truncate_over_udp_and_come_whole_over_tcp() {
     let r = exchange(dns.port, &q);
     assert!(r.metadata.truncation);
     assert!(r.answers.len() < 100);
+    // EDNS with 600 bytes: still too big; TC, and the OPT record is kept (RFC 6891).
+    let mut small = q.clone();
+    let mut e = Edns::new();
+    e.set_max_payload(600);
+    small.set_edns(e);
+    let r = exchange(dns.port, &small);
+    assert!(r.metadata.truncation);
+    assert!(r.edns.is_some(), "OPT kept in a truncated answer");
     // EDNS with 4096: everything fits; the OPT record is echoed.
     let mut big = q.clone();
     let mut e = Edns::new();
