@@ -4,12 +4,18 @@
 //! - [`interp`]: compose-style `$VAR` interpolation;
 //! - [`compose`]: docker-compose.yml + rancher-compose.yml → services;
 //! - [`stackfile`]: loading and checking a whole stack, all-or-nothing;
+//! - [`apply`]: one change end to end, with the history's claim;
+//! - [`history`]: every applied revision, and the per-stack claim;
 //! - [`plan`]: the changes `up` makes, and applying them;
+//! - [`ps`]: what runs, for `deploy ps`;
 //! - [`problem`]: errors that point into the user's files.
 
+pub mod apply;
 pub mod compose;
+pub mod history;
 pub mod interp;
 pub mod plan;
 pub mod problem;
+pub mod ps;
 pub mod stackfile;
 pub mod yaml;

@@ -3,8 +3,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use deploy::plan;
+use deploy::history::History;
+use deploy::plan::{self, Scale};
 use deploy::stackfile::{self, Input};
+use deploy::{apply, ps};
 use event_bus::runtime::{args::CommonArgs, telemetry};
 use event_bus::{Bus, StateStore};
 
@@ -31,6 +33,46 @@ enum Command {
         #[arg(long, env = "CORRAL_DEPLOY_DRY_RUN")]
         dry_run: bool,
     },
+    /// Remove a stack: its services, then the stack (recorded, so `rollback` can bring it back).
+    Rm {
+        stack: String,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stacks, services and containers with their state and health.
+    Ps {
+        /// Only this stack.
+        stack: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Set the scale of services: `deploy scale app/web=3 app/db=1`.
+    Scale {
+        /// `stack/service=N`, one or more (all of one stack).
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// A stack's (or one service's) desired state as stored, in JSON.
+    Inspect {
+        /// `stack` or `stack/service`.
+        target: String,
+    },
+    /// Every applied revision of a stack.
+    History { stack: String },
+    /// Apply an earlier revision again, exactly (default: the one before the latest).
+    Rollback {
+        stack: String,
+        revision: Option<u64>,
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -99,57 +141,185 @@ fn read_answers(path: &std::path::Path) -> Result<BTreeMap<String, String>, depl
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _telemetry = telemetry::init("deploy", cli.common.log_format, cli.common.log.as_deref().unwrap_or("warn"));
-    let args = match &cli.command {
-        Command::Validate(a) => a,
-        Command::Up { stack, .. } => stack,
-    };
-    // Everything is checked before NATS is contacted: a broken file reads the same offline.
-    let desired = match args.input().and_then(|i| stackfile::load(&i)) {
-        Ok(d) => d,
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("{p}");
+    // Stack files are checked before NATS is contacted: a broken file reads the same offline.
+    let desired = match &cli.command {
+        Command::Validate(a) | Command::Up { stack: a, .. } => match a.input().and_then(|i| stackfile::load(&i)) {
+            Ok(d) => Some(d),
+            Err(problems) => {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                eprintln!("{} problem(s); nothing was written", problems.len());
+                return ExitCode::from(2);
             }
-            eprintln!("{} problem(s); nothing was written", problems.len());
-            return ExitCode::from(2);
+        },
+        _ => None,
+    };
+    if let (Command::Validate(_), Some(d)) = (&cli.command, &desired) {
+        for s in &d.services {
+            println!("{}", serde_json::to_string(s).unwrap_or_default());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("deploy: {e}");
+            return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Validate(_) => {
-            for s in &desired.services {
-                println!("{}", serde_json::to_string(s).unwrap_or_default());
-            }
-            ExitCode::SUCCESS
-        }
-        Command::Up { dry_run, .. } => {
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("deploy: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(up(&cli.common, &desired, dry_run)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("deploy: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+    match rt.block_on(run(&cli, desired.as_ref())) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("deploy: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn up(common: &CommonArgs, desired: &stackfile::Desired, dry_run: bool) -> anyhow::Result<()> {
+async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<ExitCode> {
+    let common = &cli.common;
     let bus = Bus::connect(&common.nats.options("deploy"), &common.env, common.nats.nats_connect_timeout).await?;
     let store = StateStore::open(&bus).await?;
-    let exists = store.get::<event_bus::model::Stack>(&desired.stack.uuid).await?.is_some();
-    let current = plan::current(&store, &desired.stack.name).await?;
-    let plan = plan::plan(desired, exists, &current);
-    print!("{plan}");
-    if !dry_run && !plan.is_empty() {
-        plan::apply(&store, desired, &plan).await?;
-        println!("applied");
+    let history = History::open(&bus).await?;
+    let report = |applied: apply::Applied| {
+        print!("{}", applied.plan);
+        if let Some(rev) = applied.revision {
+            println!("applied as revision {rev}");
+        }
+    };
+    match &cli.command {
+        Command::Validate(_) => unreachable!("handled without NATS"),
+        Command::Up { dry_run, .. } => {
+            let d = desired.expect("loaded above");
+            report(apply::run(&store, &history, &d.stack.name, Some(d), Scale::Keep, "up", *dry_run).await?);
+        }
+        Command::Rm { stack, dry_run } => {
+            report(apply::run(&store, &history, stack, None, Scale::Exact, "rm", *dry_run).await?);
+        }
+        Command::Scale { targets } => {
+            let mut stack_name: Option<String> = None;
+            let mut wanted = Vec::new();
+            for t in targets {
+                let parsed =
+                    t.split_once('=').and_then(|(svc, n)| Some((svc.split_once('/')?, n.parse::<u32>().ok()?)));
+                let Some(((stack, svc), n)) = parsed else {
+                    eprintln!("{t:?}: expected stack/service=N");
+                    return Ok(ExitCode::from(2));
+                };
+                if stack_name.get_or_insert_with(|| stack.to_string()) != stack {
+                    eprintln!("{t:?}: one stack at a time");
+                    return Ok(ExitCode::from(2));
+                }
+                wanted.push((svc.to_string(), n));
+            }
+            let stack = stack_name.expect("at least one target");
+            let Some(d) = stored(&store, &stack).await? else {
+                eprintln!("no stack {stack:?}");
+                return Ok(ExitCode::from(2));
+            };
+            let mut d = d;
+            for (svc, n) in &wanted {
+                match d.services.iter_mut().find(|s| &s.name == svc) {
+                    Some(s) => s.scale = Some(*n),
+                    None => {
+                        eprintln!("stack {stack:?} has no service {svc:?}");
+                        return Ok(ExitCode::from(2));
+                    }
+                }
+            }
+            report(
+                apply::run(
+                    &store,
+                    &history,
+                    &stack,
+                    Some(&d),
+                    Scale::Exact,
+                    &format!("scale {}", targets.join(" ")),
+                    false,
+                )
+                .await?,
+            );
+        }
+        Command::Rollback { stack, revision, dry_run } => {
+            let target = match revision {
+                Some(r) => *r,
+                None => match history.head(stack).await? {
+                    Some((head, _)) if head.revision >= 2 => head.revision - 1,
+                    _ => {
+                        eprintln!("stack {stack:?} has no earlier revision to roll back to");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+            };
+            let rev = history.get(stack, target).await?;
+            let command = format!("rollback {target}");
+            let applied = match rev.stack {
+                Some(st) => {
+                    let d = stackfile::Desired { stack: st, services: rev.services, volumes: Default::default() };
+                    apply::run(&store, &history, stack, Some(&d), Scale::Exact, &command, *dry_run).await?
+                }
+                None => apply::run(&store, &history, stack, None, Scale::Exact, &command, *dry_run).await?,
+            };
+            report(applied);
+        }
+        Command::History { stack } => {
+            let revs = history.list(stack).await?;
+            if revs.is_empty() {
+                eprintln!("no revisions of stack {stack:?}");
+                return Ok(ExitCode::from(2));
+            }
+            println!("{:<8} {:<24} {:<9} COMMAND", "REVISION", "APPLIED (UTC)", "SERVICES");
+            for r in revs {
+                println!("{:<8} {:<24} {:<9} {}", r.revision, utc(r.applied_at_ms), r.services.len(), r.command);
+            }
+        }
+        Command::Inspect { target } => {
+            let (stack, svc) = match target.split_once('/') {
+                Some((st, sv)) => (st.to_string(), Some(sv.to_string())),
+                None => (target.clone(), None),
+            };
+            let Some(d) = stored(&store, &stack).await? else {
+                eprintln!("no stack {stack:?}");
+                return Ok(ExitCode::from(2));
+            };
+            let value = match svc {
+                None => serde_json::json!({"stack": d.stack, "services": d.services}),
+                Some(name) => match d.services.iter().find(|s| s.name == name) {
+                    Some(s) => serde_json::to_value(s)?,
+                    None => {
+                        eprintln!("stack {stack:?} has no service {name:?}");
+                        return Ok(ExitCode::from(2));
+                    }
+                },
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Command::Ps { stack, output } => {
+            let metrics = event_bus::runtime::metrics::Metrics::new();
+            let cache = event_bus::StateCache::start(&bus, &metrics).await?;
+            let rows = ps::rows(&cache.snapshot(), stack.as_deref());
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+                Output::Table => print!("{}", ps::table(&rows)),
+            }
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The stack as NATS holds it now.
+async fn stored(store: &StateStore, stack: &str) -> anyhow::Result<Option<stackfile::Desired>> {
+    let Some(st) = store.get::<event_bus::model::Stack>(&deploy::compose::stack_id(stack)).await? else {
+        return Ok(None);
+    };
+    let services = plan::current(store, stack).await?.into_values().collect();
+    Ok(Some(stackfile::Desired { stack: st.value, services, volumes: Default::default() }))
+}
+
+fn utc(ms: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
 }

@@ -22,12 +22,16 @@ pub enum Change {
 pub struct Plan {
     pub stack: String,
     pub create_stack: bool,
+    /// The stack record itself goes away (`deploy rm`).
+    pub delete_stack: bool,
     pub changes: Vec<Change>,
+    /// The stack's services once applied, in order: what the history keeps.
+    pub result: Vec<Service>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        !self.create_stack && self.changes.is_empty()
+        !self.create_stack && !self.delete_stack && self.changes.is_empty()
     }
 }
 
@@ -36,7 +40,14 @@ impl fmt::Display for Plan {
         if self.is_empty() {
             return writeln!(f, "stack {}: up to date", self.stack);
         }
-        writeln!(f, "stack {}{}", self.stack, if self.create_stack { ": create" } else { "" })?;
+        let what = if self.create_stack {
+            ": create"
+        } else if self.delete_stack {
+            ": remove"
+        } else {
+            ""
+        };
+        writeln!(f, "stack {}{what}", self.stack)?;
         for c in &self.changes {
             match c {
                 Change::Create(s) => writeln!(f, "  + service {} (create)", s.name)?,
@@ -89,16 +100,31 @@ pub async fn current(store: &StateStore, stack: &str) -> event_bus::Result<BTree
     Ok(out)
 }
 
-/// Compares desired with current. As rancher-compose, `up` does not change the scale of a
-/// service that exists (that is `deploy scale`'s job).
-pub fn plan(desired: &Desired, stack_exists: bool, current: &BTreeMap<String, Service>) -> Plan {
+/// How `plan` treats the scale of services that exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// As rancher-compose, `up` keeps the scale of a service that exists (`deploy scale`
+    /// changes it).
+    Keep,
+    /// Rollback and scale write the documents exactly as given.
+    Exact,
+}
+
+/// Compares desired with current.
+pub fn plan(desired: &Desired, stack_exists: bool, current: &BTreeMap<String, Service>, scale: Scale) -> Plan {
     let mut changes = Vec::new();
+    let mut result = Vec::new();
     for svc in &desired.services {
         match current.get(&svc.name) {
-            None => changes.push(Change::Create(Box::new(svc.clone()))),
+            None => {
+                changes.push(Change::Create(Box::new(svc.clone())));
+                result.push(svc.clone());
+            }
             Some(old) => {
                 let mut new = svc.clone();
-                new.scale = old.scale;
+                if scale == Scale::Keep {
+                    new.scale = old.scale;
+                }
                 let mut fields = Vec::new();
                 diff(
                     &serde_json::to_value(old).unwrap_or_default(),
@@ -107,8 +133,9 @@ pub fn plan(desired: &Desired, stack_exists: bool, current: &BTreeMap<String, Se
                     &mut fields,
                 );
                 if !fields.is_empty() {
-                    changes.push(Change::Update(Box::new(new), fields));
+                    changes.push(Change::Update(Box::new(new.clone()), fields));
                 }
+                result.push(new);
             }
         }
     }
@@ -117,13 +144,25 @@ pub fn plan(desired: &Desired, stack_exists: bool, current: &BTreeMap<String, Se
             changes.push(Change::Delete(name.clone()));
         }
     }
-    Plan { stack: desired.stack.name.clone(), create_stack: !stack_exists, changes }
+    Plan { stack: desired.stack.name.clone(), create_stack: !stack_exists, delete_stack: false, changes, result }
 }
 
-/// Writes the plan.
-pub async fn apply(store: &StateStore, desired: &Desired, plan: &Plan) -> event_bus::Result<()> {
-    if plan.create_stack {
-        store.put(&desired.stack).await?;
+/// Removing a stack: every service, then the stack record.
+pub fn removal(stack: &str, stack_exists: bool, current: &BTreeMap<String, Service>) -> Plan {
+    Plan {
+        stack: stack.to_string(),
+        create_stack: false,
+        delete_stack: stack_exists,
+        changes: current.keys().map(|n| Change::Delete(n.clone())).collect(),
+        result: Vec::new(),
+    }
+}
+
+/// Writes the plan: the stack first (so services never point at a missing stack), services,
+/// and for a removal the stack last.
+pub async fn apply(store: &StateStore, stack: Option<&event_bus::model::Stack>, plan: &Plan) -> event_bus::Result<()> {
+    if let (true, Some(stack)) = (plan.create_stack, stack) {
+        store.put(stack).await?;
     }
     for c in &plan.changes {
         match c {
@@ -135,6 +174,9 @@ pub async fn apply(store: &StateStore, desired: &Desired, plan: &Plan) -> event_
                 store.delete(&Key::new(<Service as Document>::FAMILY, id)?).await?;
             }
         }
+    }
+    if plan.delete_stack {
+        store.delete(&Key::new(Family::Stack, crate::compose::stack_id(&plan.stack))?).await?;
     }
     Ok(())
 }

@@ -117,5 +117,10 @@ pub fn load(input: &Input) -> Result<Desired, Vec<Problem>> {
         all.sort_by(|a, b| (&a.file, a.pos.line, a.pos.col).cmp(&(&b.file, b.pos.line, b.pos.col)));
         return Err(all);
     }
-    Ok(Desired { stack: compose::stack_record(&input.stack), services: files.services, volumes: files.volumes })
+    let mut stack = compose::stack_record(&input.stack);
+    if !files.volumes.is_empty() {
+        // v2 volume templates travel with the stack (and its history).
+        stack.extra.insert("volumes".into(), serde_json::to_value(&files.volumes).unwrap_or_default());
+    }
+    Ok(Desired { stack, services: files.services, volumes: files.volumes })
 }

@@ -258,7 +258,7 @@ async fn up_plans_applies_is_idempotent_and_writes_nothing_for_broken_files() {
     // First up: a plan that creates everything, applied.
     let (code, out, err) = deploy(&["up", "-f", f, "-p", "app"], &nats.url());
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "stack app: create\n  + service web (create)\n  + service db (create)\napplied\n");
+    assert_eq!(out, "stack app: create\n  + service web (create)\n  + service db (create)\napplied as revision 1\n");
     let web = store.get::<event_bus::model::Service>("app=web").await.unwrap().unwrap().value;
     assert_eq!(web.launch_config.image, "nginx:1.25");
     assert!(store.get::<event_bus::model::Stack>("app").await.unwrap().is_some());
@@ -275,7 +275,7 @@ async fn up_plans_applies_is_idempotent_and_writes_nothing_for_broken_files() {
     assert_eq!(out, "stack app\n  ~ service web (update)\n      launch_config.image: \"nginx:1.25\" -> \"nginx:1.27\"\n  - service db (delete)\n");
     assert_eq!(store.version().await.unwrap(), v);
     let (_, out, _) = deploy(&["up", "-f", f, "-p", "app"], &nats.url());
-    assert!(out.ends_with("applied\n"));
+    assert!(out.ends_with("applied as revision 2\n"), "{out}");
     assert!(store.get::<event_bus::model::Service>("app=db").await.unwrap().is_none());
     assert_eq!(
         store.get::<event_bus::model::Service>("app=web").await.unwrap().unwrap().value.launch_config.image,

@@ -39,16 +39,22 @@ pub fn init(service: &'static str, format: LogFormat, filter: &str) -> anyhow::R
     let tracer = provider.tracer(service);
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
 
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(f) if !f.is_empty() => EnvFilter::try_new(f)?,
-        _ => EnvFilter::try_new(filter)?,
-    }
+    let spec = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => f,
+        _ => filter.to_string(),
+    };
+    let mut filter = EnvFilter::try_new(&spec)?;
     // async-nats prints its connect options, credentials included, at debug level: never let
-    // those lines through, whatever filter was asked for.
-    .add_directive("async_nats=info".parse()?)
-    // hickory-server logs every query and answer at info level: a line per packet is a
-    // benchmark's worth of I/O, not a log. Its warnings still get through.
-    .add_directive("hickory_server=warn".parse()?);
+    // those lines through, whatever filter was asked for. (Only a filter that lets debug or
+    // trace through needs the cap; adding it to a quieter one would make async-nats louder.)
+    let lower = spec.to_ascii_lowercase();
+    if lower.contains("debug") || lower.contains("trace") {
+        filter = filter.add_directive("async_nats=info".parse()?);
+    }
+    let filter = filter
+        // hickory-server logs every query and answer at info level: a line per packet is a
+        // benchmark's worth of I/O, not a log. Its warnings still get through.
+        .add_directive("hickory_server=warn".parse()?);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr).boxed(),

@@ -1,0 +1,76 @@
+//! `deploy ps`: what runs, from a state snapshot.
+
+use event_bus::Snapshot;
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct ServiceRow {
+    pub stack: String,
+    pub service: String,
+    pub kind: String,
+    pub scale: Option<u32>,
+    pub state: String,
+    pub containers: Vec<ContainerRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerRow {
+    pub name: String,
+    pub host: String,
+    pub ip: String,
+    pub state: String,
+    pub health: String,
+}
+
+/// Every service (of one stack, or all), ordered by stack and name, with its containers.
+pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
+    let mut out = Vec::new();
+    let mut stacks: Vec<_> = snap.stacks().filter(|s| stack.is_none_or(|n| n == s.name)).collect();
+    stacks.sort_by(|a, b| a.name.cmp(&b.name));
+    for st in stacks {
+        let mut services: Vec<_> = snap.services_in_stack(&st.uuid).collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        for svc in services {
+            let mut containers: Vec<_> = snap.containers_of_service(&svc.uuid).collect();
+            containers.sort_by(|a, b| (a.create_index, &a.name).cmp(&(b.create_index, &b.name)));
+            out.push(ServiceRow {
+                stack: st.name.clone(),
+                service: svc.name.clone(),
+                kind: serde_json::to_value(&svc.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                scale: svc.scale,
+                state: svc.state.clone(),
+                containers: containers
+                    .iter()
+                    .map(|c| ContainerRow {
+                        name: c.name.clone(),
+                        host: c
+                            .host_uuid
+                            .as_deref()
+                            .and_then(|h| snap.host(h))
+                            .map(|h| h.name.clone())
+                            .unwrap_or_default(),
+                        ip: c.primary_ip.clone().unwrap_or_default(),
+                        state: snap.status(&c.uuid).map(|s| s.state.clone()).unwrap_or_else(|| "starting".into()),
+                        health: snap.health(&c.uuid).map(|h| h.health_state.clone()).unwrap_or_default(),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
+pub fn table(rows: &[ServiceRow]) -> String {
+    let mut out = format!("{:<20} {:<24} {:<20} {:>5} {:<10}\n", "STACK", "SERVICE", "KIND", "SCALE", "STATE");
+    for r in rows {
+        let scale = r.scale.map(|s| s.to_string()).unwrap_or_default();
+        out.push_str(&format!("{:<20} {:<24} {:<20} {:>5} {:<10}\n", r.stack, r.service, r.kind, scale, r.state));
+        for c in &r.containers {
+            out.push_str(&format!("  {:<40} {:<12} {:<15} {:<10} {}\n", c.name, c.host, c.ip, c.state, c.health));
+        }
+    }
+    out
+}
