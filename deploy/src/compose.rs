@@ -327,6 +327,13 @@ fn service(name: &str, def: &Node, stack: &str, path: &str, base_dir: &std::path
     if svc.launch_config.image.is_empty() {
         p.add(def.pos, path, "`image` is required");
     }
+    for (label, value) in &svc.launch_config.labels {
+        if let Err(e) = check_label(label, value) {
+            let at = format!("{path}.labels.{label}");
+            let pos = def.get("labels").map(|l| l.get(label).map(|n| n.pos).unwrap_or(l.pos)).unwrap_or(def.pos);
+            p.add(pos, &at, e);
+        }
+    }
     svc.kind = kind_of(&svc.launch_config.image);
     svc
 }
@@ -340,6 +347,93 @@ fn item_pos(list: &Node, i: usize) -> Pos {
         Value::Seq(items) => items.get(i).map(|n| n.pos).unwrap_or(list.pos),
         _ => list.pos,
     }
+}
+
+/// Rancher's scheduling and selector labels, checked for syntax (what Cattle would have
+/// rejected or silently ignored).
+pub fn check_label(label: &str, value: &str) -> Result<(), String> {
+    let pairs = |v: &str| -> Result<(), String> {
+        for pair in v.split(',').map(str::trim) {
+            match pair.split_once('=') {
+                Some((k, _)) if !k.trim().is_empty() => {}
+                _ => return Err(format!("{pair:?}: expected key=value pairs separated by commas")),
+            }
+        }
+        Ok(())
+    };
+    if let Some(rule) = label.strip_prefix("io.rancher.scheduler.affinity:") {
+        let base = rule.trim_end_matches("_soft_ne").trim_end_matches("_ne").trim_end_matches("_soft");
+        return match base {
+            "host_label" | "container_label" => pairs(value),
+            "container" if value.split(',').all(|c| !c.trim().is_empty()) => Ok(()),
+            "container" => Err("expected container names separated by commas".into()),
+            _ => Err(format!(
+                "unknown affinity rule {rule:?} (host_label, container_label, container, with _ne/_soft/_soft_ne)"
+            )),
+        };
+    }
+    match label {
+        "io.rancher.scheduler.global"
+        | "io.rancher.container.start_once"
+        | "io.rancher.container.network"
+        | "io.rancher.container.dns" => match value {
+            "true" | "false" => Ok(()),
+            _ => Err(format!("{value:?}: expected 'true' or 'false'")),
+        },
+        "io.rancher.container.requested_ip" => match value.split(',').find(|ip| ip.trim().parse::<IpAddr>().is_err()) {
+            Some(bad) => Err(format!("{bad:?} is not an IP address")),
+            None => Ok(()),
+        },
+        "io.rancher.lb_service.target" => match value {
+            "only-local" | "prefer-local" | "any" => Ok(()),
+            _ => Err(format!("{value:?}: expected only-local or prefer-local")),
+        },
+        "io.rancher.container.dns.priority" => match value.to_ascii_lowercase().as_str() {
+            "service_last" | "none" | "default" => Ok(()),
+            _ => Err(format!("{value:?}: expected service_last or None")),
+        },
+        "io.rancher.service.selector.link" | "io.rancher.service.selector.container" => check_selector(value),
+        _ => Ok(()),
+    }
+}
+
+/// `k=v`, `k!=v`, `k`, `k in (a,b)`, `k notin (a,b)`, comma = AND.
+pub fn check_selector(value: &str) -> Result<(), String> {
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in value.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return Err(format!("{value:?}: unbalanced parentheses"));
+        }
+    }
+    if depth != 0 {
+        return Err(format!("{value:?}: unbalanced parentheses"));
+    }
+    terms.push(&value[start..]);
+    for t in terms.iter().map(|t| t.trim()) {
+        let key_ok = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c));
+        let ok = if let Some((k, rest)) = t.split_once(" notin ").or_else(|| t.split_once(" in ")) {
+            let rest = rest.trim();
+            key_ok(k.trim()) && rest.starts_with('(') && rest.ends_with(')')
+        } else if let Some((k, _)) = t.split_once("!=").or_else(|| t.split_once('=')) {
+            key_ok(k.trim())
+        } else {
+            key_ok(t)
+        };
+        if !ok {
+            return Err(format!("{t:?}: expected key=value, key!=value, key, key in (a,b) or key notin (a,b)"));
+        }
+    }
+    Ok(())
 }
 
 /// Rancher's special images.
@@ -950,6 +1044,17 @@ mod tests {
         for bad in ["0", "70000", "80/sctp", "a:80", "x:1:2", "1-2-3"] {
             assert!(check_port_spec(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn labels() {
+        assert!(check_label("io.rancher.scheduler.affinity:host_label", "zone=a,disk=ssd").is_ok());
+        assert!(check_label("io.rancher.scheduler.affinity:host_label_soft_ne", "zone").is_err());
+        assert!(check_label("io.rancher.scheduler.affinity:host_lable", "a=b").is_err());
+        assert!(check_selector("app=web, tier in (a, b), !x").is_err());
+        assert!(check_selector("app=web,tier in (a,b),env notin (dev),canary").is_ok());
+        assert!(check_selector("tier in (a,b").is_err());
+        assert!(check_label("io.rancher.container.requested_ip", "10.42.0.5,nope").is_err());
     }
 
     #[test]

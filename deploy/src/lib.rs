@@ -2,15 +2,18 @@
 //!
 //! - [`yaml`]: YAML with line/column on every node;
 //! - [`interp`]: compose-style `$VAR` interpolation;
+//! - [`catalog`]: Rancher catalogs, templates, versions and questions;
 //! - [`compose`]: docker-compose.yml + rancher-compose.yml → services;
 //! - [`stackfile`]: loading and checking a whole stack, all-or-nothing;
 //! - [`apply`]: one change end to end, with the history's claim;
 //! - [`history`]: every applied revision, and the per-stack claim;
 //! - [`plan`]: the changes `up` makes, and applying them;
 //! - [`ps`]: what runs, for `deploy ps`;
+//! - [`template`]: the Go-template subset of catalog `.tpl` files;
 //! - [`problem`]: errors that point into the user's files.
 
 pub mod apply;
+pub mod catalog;
 pub mod compose;
 pub mod history;
 pub mod interp;
@@ -18,4 +21,5 @@ pub mod plan;
 pub mod problem;
 pub mod ps;
 pub mod stackfile;
+pub mod template;
 pub mod yaml;

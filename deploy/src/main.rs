@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use deploy::history::History;
 use deploy::plan::{self, Scale};
 use deploy::stackfile::{self, Input};
-use deploy::{apply, ps};
+use deploy::{apply, catalog, ps, template};
 use event_bus::runtime::{args::CommonArgs, telemetry};
 use event_bus::{Bus, StateStore};
 
@@ -53,6 +53,14 @@ enum Command {
         #[arg(required = true)]
         targets: Vec<String>,
     },
+    /// Browse a catalog (Rancher's layout: templates/<name>/config.yml, numbered versions).
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+        /// The catalog directory (or git checkout).
+        #[arg(long, env = "CORRAL_DEPLOY_CATALOG", default_value = "catalog", global = true)]
+        catalog: PathBuf,
+    },
     /// A stack's (or one service's) desired state as stored, in JSON.
     Inspect {
         /// `stack` or `stack/service`.
@@ -67,6 +75,14 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Templates, their versions and descriptions.
+    List,
+    /// One template version's questions: `NAME[:VERSION]`.
+    Show { template: String },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
@@ -92,31 +108,131 @@ struct StackArgs {
     /// YAML map of answers: the first place variables are looked up.
     #[arg(long, env = "CORRAL_DEPLOY_ANSWERS")]
     answers: Option<PathBuf>,
+    /// Deploy a catalog template instead of -f/-r: `NAME[:VERSION]`.
+    #[arg(short = 't', long, env = "CORRAL_DEPLOY_TEMPLATE")]
+    template: Option<String>,
+    /// The catalog the template comes from.
+    #[arg(long = "catalog", env = "CORRAL_DEPLOY_CATALOG", default_value = "catalog")]
+    catalog_dir: PathBuf,
+    /// Ask for missing required answers on stdin (default: only when stdin is a terminal).
+    #[arg(long, env = "CORRAL_DEPLOY_PROMPT")]
+    prompt: bool,
 }
 
 impl StackArgs {
     fn input(&self) -> Result<Input, Vec<deploy::problem::Problem>> {
-        let dir = self.file.canonicalize().ok().and_then(|p| p.parent().map(|d| d.to_path_buf()));
-        let stack = self.stack.clone().unwrap_or_else(|| {
-            dir.as_ref().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default()
-        });
-        let rancher = self.rancher_file.clone().or_else(|| {
-            let beside = self.file.parent().unwrap_or(std::path::Path::new(".")).join("rancher-compose.yml");
-            beside.exists().then_some(beside)
-        });
+        let problem = |file: &str, message: String| deploy::problem::Problem {
+            file: file.to_string(),
+            pos: Default::default(),
+            path: String::new(),
+            message,
+        };
         let env_file = match &self.env_file {
             Some(p) => stackfile::read_env_file(p).map_err(|e| vec![e])?,
             None => BTreeMap::new(),
         };
-        let answers = match &self.answers {
+        let (mut answers, answer_pos) = match &self.answers {
             Some(p) => read_answers(p).map_err(|e| vec![e])?,
-            None => BTreeMap::new(),
+            None => (BTreeMap::new(), BTreeMap::new()),
         };
-        Ok(Input { compose: self.file.clone(), rancher, stack, answers, env_file })
+        let Some(spec) = &self.template else {
+            let dir = self.file.canonicalize().ok().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+            let stack = self.stack.clone().unwrap_or_else(|| {
+                dir.as_ref().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default()
+            });
+            let rancher = self.rancher_file.clone().or_else(|| {
+                let beside = self.file.parent().unwrap_or(std::path::Path::new(".")).join("rancher-compose.yml");
+                beside.exists().then_some(beside)
+            });
+            return Ok(Input { compose: self.file.clone(), rancher, stack, answers, env_file, ..Default::default() });
+        };
+        // A catalog template: answers checked against the questions, then `.tpl` rendered.
+        let (t, v) = catalog::resolve(&self.catalog_dir, spec).map_err(|e| vec![problem(spec, e.to_string())])?;
+        let interactive = self.prompt || std::io::IsTerminal::is_terminal(&std::io::stdin());
+        if interactive {
+            prompt_missing(&v.questions, &mut answers);
+        }
+        // A bad answer is reported where it was given; a missing one against the template.
+        let template_file = v.rancher.as_ref().unwrap_or(&v.compose).display().to_string();
+        let answers_file = self.answers.as_ref().map(|p| p.display().to_string());
+        catalog::check_answers(&v.questions, &answers).map_err(|ps| {
+            ps.into_iter()
+                .map(|(var, message)| match (answer_pos.get(&var), &answers_file) {
+                    (Some(pos), Some(file)) => {
+                        deploy::problem::Problem { file: file.clone(), pos: *pos, path: var, message }
+                    }
+                    _ => deploy::problem::Problem {
+                        file: template_file.clone(),
+                        pos: deploy::yaml::Pos { line: 1, col: 1 },
+                        path: format!("questions.{var}"),
+                        message,
+                    },
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let defaults = catalog::defaults(&v.questions);
+        let stack = self.stack.clone().unwrap_or_else(|| t.id.clone());
+        let compose_text = if v.compose.extension().is_some_and(|e| e == "tpl") {
+            let text = std::fs::read_to_string(&v.compose)
+                .map_err(|e| vec![problem(&v.compose.display().to_string(), e.to_string())])?;
+            let mut values = defaults.clone();
+            values.extend(answers.clone());
+            let data =
+                template::Data { values, stack_name: stack.clone(), version: v.version.clone().unwrap_or_default() };
+            Some(template::render(&text, &data).map_err(|e| {
+                vec![deploy::problem::Problem {
+                    file: v.compose.display().to_string(),
+                    pos: deploy::yaml::Pos { line: e.line, col: 1 },
+                    path: String::new(),
+                    message: e.message,
+                }]
+            })?)
+        } else {
+            None
+        };
+        Ok(Input {
+            compose: v.compose.clone(),
+            rancher: v.rancher.clone(),
+            stack,
+            answers,
+            env_file,
+            defaults,
+            compose_text,
+        })
     }
 }
 
-fn read_answers(path: &std::path::Path) -> Result<BTreeMap<String, String>, deploy::problem::Problem> {
+/// Asks for every required question that has no answer and no default, on stderr/stdin, until
+/// the answer passes the question's checks (three tries).
+fn prompt_missing(questions: &[catalog::Question], answers: &mut BTreeMap<String, String>) {
+    use std::io::BufRead;
+    let stdin = std::io::stdin();
+    for q in questions {
+        if answers.contains_key(&q.variable) || !q.required || q.default.as_deref().is_some_and(|d| !d.is_empty()) {
+            continue;
+        }
+        for _ in 0..3 {
+            eprint!("{} ({}): ", if q.label.is_empty() { &q.variable } else { &q.label }, q.variable);
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end_matches(['\n', '\r']).to_string();
+            match catalog::check(q, &line) {
+                Ok(()) => {
+                    answers.insert(q.variable.clone(), line);
+                    break;
+                }
+                Err(e) => eprintln!("  {e}"),
+            }
+        }
+    }
+}
+
+type Answers = (BTreeMap<String, String>, BTreeMap<String, deploy::yaml::Pos>);
+
+/// A YAML map of answers, with the position of each value.
+fn read_answers(path: &std::path::Path) -> Result<Answers, deploy::problem::Problem> {
     let problem = |pos, message: String| deploy::problem::Problem {
         file: path.display().to_string(),
         pos,
@@ -125,7 +241,7 @@ fn read_answers(path: &std::path::Path) -> Result<BTreeMap<String, String>, depl
     };
     let text = std::fs::read_to_string(path).map_err(|e| problem(Default::default(), format!("cannot read: {e}")))?;
     let node = deploy::yaml::parse(&text).map_err(|e| problem(e.pos, format!("YAML: {}", e.message)))?;
-    let mut out = BTreeMap::new();
+    let (mut out, mut pos) = (BTreeMap::new(), BTreeMap::new());
     for (k, v) in node.as_map().unwrap_or_default() {
         let value = match v.to_json() {
             serde_json::Value::String(s) => s,
@@ -133,9 +249,11 @@ fn read_answers(path: &std::path::Path) -> Result<BTreeMap<String, String>, depl
             serde_json::Value::Bool(_) | serde_json::Value::Number(_) => v.as_str().unwrap_or_default().to_string(),
             _ => return Err(problem(v.pos, "answers are strings, numbers or booleans".into())),
         };
-        out.insert(k.as_str().unwrap_or_default().to_string(), value);
+        let key = k.as_str().unwrap_or_default().to_string();
+        pos.insert(key.clone(), v.pos);
+        out.insert(key, value);
     }
-    Ok(out)
+    Ok((out, pos))
 }
 
 fn main() -> ExitCode {
@@ -155,6 +273,15 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    if let Command::Catalog { command, catalog } = &cli.command {
+        return match catalog_command(command, catalog) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("deploy: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let (Command::Validate(_), Some(d)) = (&cli.command, &desired) {
         for s in &d.services {
             println!("{}", serde_json::to_string(s).unwrap_or_default());
@@ -189,7 +316,7 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
         }
     };
     match &cli.command {
-        Command::Validate(_) => unreachable!("handled without NATS"),
+        Command::Validate(_) | Command::Catalog { .. } => unreachable!("handled without NATS"),
         Command::Up { dry_run, .. } => {
             let d = desired.expect("loaded above");
             report(apply::run(&store, &history, &d.stack.name, Some(d), Scale::Keep, "up", *dry_run).await?);
@@ -306,6 +433,40 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn catalog_command(command: &CatalogCommand, root: &std::path::Path) -> Result<(), catalog::CatalogError> {
+    match command {
+        CatalogCommand::List => {
+            println!("{:<24} {:<12} {:<16} DESCRIPTION", "TEMPLATE", "DEFAULT", "VERSIONS");
+            for t in catalog::templates(root)? {
+                let versions: Vec<String> =
+                    t.versions.iter().map(|v| v.version.clone().unwrap_or_else(|| v.folder.clone())).collect();
+                let default = t.config.version.clone().or_else(|| versions.last().cloned()).unwrap_or_default();
+                println!("{:<24} {:<12} {:<16} {}", t.id, default, versions.join(","), t.config.description);
+            }
+        }
+        CatalogCommand::Show { template } => {
+            let (t, v) = catalog::resolve(root, template)?;
+            println!("{} ({}) version {}", t.config.name, t.id, v.version.clone().unwrap_or_else(|| v.folder.clone()));
+            if !t.config.description.is_empty() {
+                println!("{}", t.config.description);
+            }
+            println!();
+            println!("{:<24} {:<12} {:<9} {:<16} LABEL", "VARIABLE", "TYPE", "REQUIRED", "DEFAULT");
+            for q in &v.questions {
+                let kind =
+                    if q.options.is_empty() { q.kind.clone() } else { format!("{}({})", q.kind, q.options.join("|")) };
+                let default = if q.kind == "password" && q.default.is_some() {
+                    "(set)".to_string()
+                } else {
+                    q.default.clone().unwrap_or_default()
+                };
+                println!("{:<24} {:<12} {:<9} {:<16} {}", q.variable, kind, q.required, default, q.label);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stack as NATS holds it now.

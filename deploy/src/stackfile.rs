@@ -20,6 +20,10 @@ pub struct Input {
     /// Values for variables: answers first, then `--env-file`, then the process environment.
     pub answers: BTreeMap<String, String>,
     pub env_file: BTreeMap<String, String>,
+    /// Question defaults: looked up last.
+    pub defaults: BTreeMap<String, String>,
+    /// The compose file's text when it does not come from `compose` as is (a rendered `.tpl`).
+    pub compose_text: Option<String>,
 }
 
 /// A stack's desired state.
@@ -59,8 +63,8 @@ pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, Problem> {
     Ok(out)
 }
 
-fn read(path: &Path, problems: &mut Problems) -> Option<Node> {
-    let text = match std::fs::read_to_string(path) {
+fn read(path: &Path, text: Option<&str>, problems: &mut Problems) -> Option<Node> {
+    let text = match text.map(|t| Ok(t.to_string())).unwrap_or_else(|| std::fs::read_to_string(path)) {
         Ok(t) => t,
         Err(e) => {
             problems.add(Pos { line: 1, col: 1 }, "", format!("cannot read: {e}"));
@@ -91,13 +95,19 @@ pub fn load(input: &Input) -> Result<Desired, Vec<Problem>> {
         });
     }
     let lookup = |name: &str| -> Option<String> {
-        input.answers.get(name).or_else(|| input.env_file.get(name)).cloned().or_else(|| std::env::var(name).ok())
+        input
+            .answers
+            .get(name)
+            .or_else(|| input.env_file.get(name))
+            .cloned()
+            .or_else(|| std::env::var(name).ok())
+            .or_else(|| input.defaults.get(name).cloned())
     };
     let mut cp = Problems::new(input.compose.display().to_string());
     let base = input.compose.parent().unwrap_or(Path::new("."));
     let mut files = StackFiles::default();
     let mut index = Default::default();
-    if let Some(mut node) = read(&input.compose, &mut cp) {
+    if let Some(mut node) = read(&input.compose, input.compose_text.as_deref(), &mut cp) {
         interpolate(&mut node, &lookup, "", &mut cp);
         let services = if node.get("version").is_some() { node.get("services").cloned() } else { Some(node.clone()) };
         index = services.as_ref().map(yaml::index).unwrap_or_default();
@@ -105,7 +115,12 @@ pub fn load(input: &Input) -> Result<Desired, Vec<Problem>> {
     }
     if let Some(rpath) = &input.rancher {
         let mut rp = Problems::new(rpath.display().to_string());
-        if let Some(mut node) = read(rpath, &mut rp) {
+        if let Some(mut node) = read(rpath, None, &mut rp) {
+            // The catalog block is the template's description, not stack settings: its
+            // questions may well contain `$`, and it is not interpolated.
+            if let yaml::Value::Map(entries) = &mut node.value {
+                entries.retain(|(k, _)| !matches!(k.as_str(), Some("catalog" | ".catalog")));
+            }
             interpolate(&mut node, &lookup, "", &mut rp);
             compose::apply_rancher(&node, &mut files, &mut rp);
         }

@@ -198,6 +198,9 @@ fn broken_files_report_every_problem_with_its_position() {
         ("web:\n  image: a\n", Some("web:\n  external_ips: [not-an-ip]\n"), vec![r#"rancher-compose.yml:2:18: web.external_ips[0]: "not-an-ip" is not an IP address"#]),
         ("ext:\n  image: rancher/external-service\n", None, vec!["docker-compose.yml:1:1: ext: an external service needs external_ips or hostname in rancher-compose.yml"]),
         ("web:\n  image: a\n", Some("web:\n  scael: 2\n"), vec!["rancher-compose.yml:2:3: web.scael: unknown rancher-compose key `scael`"]),
+        ("web:\n  image: a\n  labels:\n    io.rancher.scheduler.affinity:host_label: zone\n", None, vec![r#"docker-compose.yml:4:47: web.labels.io.rancher.scheduler.affinity:host_label: "zone": expected key=value pairs separated by commas"#]),
+        ("web:\n  image: a\n  labels:\n    io.rancher.service.selector.link: tier in (a,b\n", None, vec![r#"docker-compose.yml:4:39: web.labels.io.rancher.service.selector.link: "tier in (a,b": unbalanced parentheses"#]),
+        ("web:\n  image: a\n  labels:\n    io.rancher.scheduler.global: yes\n", None, vec![r#"docker-compose.yml:4:34: web.labels.io.rancher.scheduler.global: "yes": expected 'true' or 'false'"#]),
         // Every problem at once, across both files, in file order.
         (
             "web:\n  image: a\n  imagee: b\n  ports: [\"0\"]\n",
@@ -281,4 +284,79 @@ async fn up_plans_applies_is_idempotent_and_writes_nothing_for_broken_files() {
         store.get::<event_bus::model::Service>("app=web").await.unwrap().unwrap().value.launch_config.image,
         "nginx:1.27"
     );
+}
+
+/// More real-world shapes: each file, and what it must produce.
+#[test]
+fn real_world_shapes() {
+    // Wordpress-like: v1, env list, links with aliases, volumes, restart policy kept verbatim.
+    let d = ok(
+        "wordpress:\n  image: wordpress:6\n  links: [\"mysql:db\"]\n  environment: [\"WORDPRESS_DB_HOST=db\"]\n  ports: [\"80:80\"]\n  restart: always\nmysql:\n  image: mysql:5.7\n  volumes: [\"/data/mysql:/var/lib/mysql\"]\n  environment:\n    MYSQL_ROOT_PASSWORD: example\n",
+        Some("wordpress:\n  scale: 2\n"),
+    );
+    assert_eq!(d.services[0].links["app/mysql"], "db");
+    assert_eq!(d.services[0].launch_config.extra["restart"], serde_json::json!("always"));
+    assert_eq!(d.services[1].launch_config.volumes, ["/data/mysql:/var/lib/mysql"]);
+
+    // A global monitoring agent on the host network with privileges and capabilities.
+    let d = ok(
+        "agent:\n  image: local/agent:1\n  network_mode: host\n  privileged: true\n  cap_add: [NET_ADMIN]\n  pid: host\n  labels:\n    io.rancher.scheduler.global: 'true'\n    io.rancher.scheduler.affinity:host_label_ne: role=edge\n",
+        None,
+    );
+    let lc = &d.services[0].launch_config;
+    assert_eq!(
+        (lc.network_mode.as_deref(), lc.privileged, lc.cap_add.as_slice()),
+        (Some("host"), true, ["NET_ADMIN".to_string()].as_slice())
+    );
+    assert_eq!(lc.extra["pid"], serde_json::json!("host"));
+
+    // A data-volume sidekick that runs once (Rancher's minecraft idiom).
+    let d = ok(
+        "server:\n  image: local/mc:1\n  volumes_from: [data]\n  labels:\n    io.rancher.sidekicks: data\ndata:\n  image: busybox\n  net: none\n  volumes: [/data]\n  labels:\n    io.rancher.container.start_once: 'true'\n",
+        Some("server:\n  scale: 1\n  health_check: {port: 25565, interval: 5000}\n"),
+    );
+    assert_eq!(d.services.len(), 1);
+    assert_eq!(d.services[0].secondary_launch_configs[0].network_mode.as_deref(), Some("none"));
+    assert_eq!(d.services[0].launch_config.volumes_from, ["data"]);
+
+    // An external service by hostname, and an alias over two services.
+    let d = ok(
+        "db:\n  image: rancher/external-service\nweb1:\n  image: nginx\nweb2:\n  image: nginx\nweb:\n  image: rancher/dns-service\n  links: [web1, web2]\n",
+        Some("db:\n  hostname: db.example.com\n"),
+    );
+    assert_eq!(d.services[0].hostname.as_deref(), Some("db.example.com"));
+    assert_eq!(d.services[3].kind, ServiceKind::Alias);
+
+    // A TLS load balancer with certificates, stickiness and a raw haproxy snippet.
+    let d = ok(
+        "lb:\n  image: rancher/lb-service-haproxy:v0.9.1\n  ports: [\"443:443\"]\napp:\n  image: local/app:1\n",
+        Some("lb:\n  lb_config:\n    certs: [site]\n    default_cert: site\n    config: |\n      defaults\n        timeout client 1m\n    stickiness_policy: {name: SRV, cookie: SRV, mode: insert, indirect: true}\n    port_rules:\n      - {source_port: 443, target_port: 8080, protocol: https, service: app, hostname: '*.example.com'}\n"),
+    );
+    let lb = d.services[0].lb_config.as_ref().unwrap();
+    assert_eq!((lb.default_cert.as_deref(), lb.certs.as_slice()), (Some("site"), ["site".to_string()].as_slice()));
+    assert!(lb.config.as_deref().unwrap().contains("timeout client 1m"));
+    assert_eq!(lb.port_rules[0].hostname.as_deref(), Some("*.example.com"));
+
+    // Docker options carried verbatim: ulimits, logging, extra_hosts, healthcheck, sysctls.
+    let d = ok(
+        "app:\n  image: local/app:1\n  ulimits: {nofile: {soft: 1024, hard: 2048}}\n  logging: {driver: json-file, options: {max-size: 10m}}\n  extra_hosts: [\"db:10.0.0.5\"]\n  healthcheck: {test: [CMD, true], interval: 10s}\n  sysctls: {net.core.somaxconn: 1024}\n  user: \"1000\"\n  working_dir: /srv\n",
+        None,
+    );
+    let extra = &d.services[0].launch_config.extra;
+    assert_eq!(extra["ulimits"]["nofile"]["hard"], serde_json::json!(2048));
+    assert_eq!(extra["logging"]["options"]["max-size"], serde_json::json!("10m"));
+    assert_eq!(extra["user"], serde_json::json!("1000"), "quoted numbers stay strings");
+
+    // Upgrade strategy, scale policy and a recreateOnQuorum health check.
+    let d = ok(
+        "api:\n  image: local/api:2\n  mem_reservation: 256m\n",
+        Some("api:\n  scale: 5\n  upgrade_strategy: {start_first: true, batch_size: 2, interval_millis: 1000}\n  scale_policy: {min: 2, max: 10, increment: 1}\n  health_check:\n    port: 8080\n    request_line: GET /health HTTP/1.1\n    strategy: recreateOnQuorum\n    recreate_on_quorum_strategy_config: {quorum: 3}\n"),
+    );
+    let api = &d.services[0];
+    assert_eq!(api.launch_config.memory_reservation, Some(256 << 20));
+    assert_eq!(
+        api.launch_config.health_check.as_ref().unwrap().recreate_on_quorum_strategy_config.as_ref().unwrap().quorum,
+        3
+    );
+    assert_eq!(api.extra["scale_policy"]["max"], serde_json::json!(10));
 }
