@@ -164,9 +164,10 @@ alias:
     assert_eq!(d.services[2].links.keys().collect::<Vec<_>>(), ["app/app", "app/ext"]);
 }
 
-/// Each broken file gives exactly these errors (file:line:column: path: message).
-#[test]
-fn broken_files_report_every_problem_with_its_position() {
+/// Each broken file gives exactly these errors (file:line:column: path: message), and `deploy
+/// up` with it exits 2 leaving the bucket as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_files_report_every_problem_with_its_position() {
     let table: Vec<(&str, Option<&str>, Vec<&str>)> = vec![
         ("web: [1, 2\n", None, vec!["docker-compose.yml:2:1: YAML: while parsing a flow sequence, expected ',' or ']'"]),
         ("web:\n  image: a\nweb:\n  image: b\n", None, vec![r#"docker-compose.yml:3:1: YAML: duplicate key "web" (each key may appear once in a map)"#]),
@@ -221,6 +222,26 @@ fn broken_files_report_every_problem_with_its_position() {
         }
     }
     assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), table.len(), failures.join("\n"));
+
+    // The same files through the CLI against a live NATS: exit 2, the same first error, and
+    // not one write.
+    let nats = NatsServer::start();
+    let bus = Bus::connect(&NatsOptions::new(nats.url()), "default", Duration::from_secs(10)).await.unwrap();
+    let store = provision(&bus, &Provision::default()).await.unwrap();
+    let before = store.version().await.unwrap();
+    for (compose, rancher, expected) in &table {
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), compose, *rancher);
+        let mut args = vec!["up", "-f", input.compose.to_str().unwrap(), "-p", "app"];
+        if let Some(r) = &input.rancher {
+            args.extend(["-r", r.to_str().unwrap()]);
+        }
+        let (code, _, err) = deploy(&args, &nats.url());
+        assert_eq!(code, 2, "{compose:?}: {err}");
+        let first = expected[0].split_once(": ").map(|(_, rest)| rest).unwrap_or(expected[0]);
+        assert!(err.contains(first), "{compose:?}: {err}");
+    }
+    assert_eq!(store.version().await.unwrap(), before, "no broken file wrote anything");
 }
 
 fn deploy(args: &[&str], nats_url: &str) -> (i32, String, String) {
