@@ -56,7 +56,7 @@ fn main() {
     for _ in 0..RUNS * 3 {
         let t = Instant::now();
         let desired = load(&input).expect("the generated stack is valid");
-        let p = plan(&desired, false, &BTreeMap::new(), Scale::Keep);
+        let p = plan(&desired, None, &BTreeMap::new(), Scale::Keep);
         assert_eq!(p.changes.len(), SERVICES);
         parse_plan.push(t.elapsed());
     }

@@ -97,19 +97,23 @@ fn file_err(path: &Path, message: impl Into<String>) -> CatalogError {
     CatalogError::File { path: path.display().to_string(), message: message.into() }
 }
 
-/// Every template of the catalog at `root`, by id.
-pub fn templates(root: &Path) -> Result<Vec<Template>, CatalogError> {
+/// Every template of the catalog at `root`, by id, and the problems of those that cannot be
+/// read (one broken template does not hide the others).
+pub fn templates(root: &Path) -> Result<(Vec<Template>, Vec<CatalogError>), CatalogError> {
     let dir = root.join("templates");
     let entries = std::fs::read_dir(&dir)
         .map_err(|e| file_err(&dir, format!("not a catalog ({e}); expected templates/<name>/config.yml")))?;
-    let mut out = Vec::new();
+    let (mut out, mut broken) = (Vec::new(), Vec::new());
     for entry in entries.flatten() {
         if entry.path().join("config.yml").is_file() {
-            out.push(template(&entry.path())?);
+            match template(&entry.path()) {
+                Ok(t) => out.push(t),
+                Err(e) => broken.push(e),
+            }
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(out)
+    Ok((out, broken))
 }
 
 fn template(dir: &Path) -> Result<Template, CatalogError> {
@@ -187,10 +191,11 @@ pub fn resolve(root: &Path, spec: &str) -> Result<(Template, Version), CatalogEr
         Some((n, v)) => (n, Some(v)),
         None => (spec, None),
     };
-    let t = templates(root)?
-        .into_iter()
-        .find(|t| t.id == name)
-        .ok_or_else(|| CatalogError::NoTemplate { name: name.into(), catalog: root.display().to_string() })?;
+    let dir = root.join("templates").join(name);
+    if name.contains(['/', '\\']) || name.starts_with('.') || !dir.join("config.yml").is_file() {
+        return Err(CatalogError::NoTemplate { name: name.into(), catalog: root.display().to_string() });
+    }
+    let t = template(&dir)?;
     let want = want.map(String::from).or_else(|| t.config.version.clone());
     let v = match &want {
         Some(w) => t.versions.iter().find(|v| v.version.as_deref() == Some(w.as_str()) || &v.folder == w),

@@ -123,6 +123,10 @@ pub const SIDEKICKS_LABEL: &str = "io.rancher.sidekicks";
 #[derive(Debug, Default)]
 pub struct StackFiles {
     pub services: Vec<Service>,
+    /// rancher-compose.yml settings as (service, key, position), and that file's name, for
+    /// checks across both files.
+    pub rancher_settings: Vec<(String, String, Pos)>,
+    pub rancher_file: String,
     /// Top-level `volumes:` of a v2 file, kept as written.
     pub volumes: BTreeMap<String, Json>,
 }
@@ -161,8 +165,9 @@ pub fn stack_record(name: &str) -> Stack {
 pub fn services_of(compose: &Node, stack: &str, base_dir: &std::path::Path, p: &mut Problems) -> StackFiles {
     let mut out = StackFiles::default();
     let Some(top) = compose.as_map() else {
-        if !matches!(compose.value, Value::Null) {
-            p.add(compose.pos, "", format!("expected a map of services, found {}", compose.kind()));
+        match compose.value {
+            Value::Null => p.add(compose.pos, "", "the file is empty: a stack file defines at least one service"),
+            _ => p.add(compose.pos, "", format!("expected a map of services, found {}", compose.kind())),
         }
         return out;
     };
@@ -203,7 +208,14 @@ pub fn services_of(compose: &Node, stack: &str, base_dir: &std::path::Path, p: &
     } else {
         (Some(compose), "")
     };
-    let Some(services) = services else { return out };
+    let Some(services) = services.filter(|s| !matches!(s.value, Value::Null)) else {
+        p.add(
+            compose.pos,
+            prefix.trim_end_matches('.'),
+            "no services: a stack file defines at least one (an empty file would remove every service of the stack)",
+        );
+        return out;
+    };
     let Some(entries) = services.as_map() else {
         p.add(
             services.pos,
@@ -251,8 +263,11 @@ fn service(name: &str, def: &Node, stack: &str, path: &str, base_dir: &std::path
             "environment" => lc.environment = pairs(v, &at, p, true),
             "env_file" => {
                 for file in strings(v, &at, p) {
-                    match read_env_file(&base_dir.join(&file)) {
-                        Ok(vars) => env_from_files.extend(vars),
+                    match std::fs::read_to_string(base_dir.join(&file)) {
+                        Ok(text) => match parse_env_lines(&text) {
+                            Ok(vars) => env_from_files.extend(vars),
+                            Err((line, e)) => p.add(v.pos, &at, format!("{file} line {line}: {e}")),
+                        },
                         Err(e) => p.add(v.pos, &at, format!("cannot read {file}: {e}")),
                     }
                 }
@@ -307,6 +322,22 @@ fn service(name: &str, def: &Node, stack: &str, path: &str, base_dir: &std::path
                         }
                         target.to_string()
                     };
+                    if !alias.is_empty() && !valid_name(alias) {
+                        p.add(
+                            item_pos(v, i),
+                            &format!("{at}[{i}]"),
+                            format!("alias {alias:?}: 1-63 letters, digits and dashes"),
+                        );
+                        continue;
+                    }
+                    if svc.links.contains_key(&target) {
+                        p.add(
+                            item_pos(v, i),
+                            &format!("{at}[{i}]"),
+                            format!("{target} is linked twice (one alias per linked service)"),
+                        );
+                        continue;
+                    }
                     svc.links.insert(target, alias.to_string());
                 }
             }
@@ -335,6 +366,10 @@ fn service(name: &str, def: &Node, stack: &str, path: &str, base_dir: &std::path
         }
     }
     svc.kind = kind_of(&svc.launch_config.image);
+    if svc.launch_config.image.split(':').next() == Some("rancher/load-balancer-service") {
+        let pos = def.get("image").map(|n| n.pos).unwrap_or(def.pos);
+        p.add(pos, &format!("{path}.image"), "the legacy load balancer (rancher/load-balancer-service) is not converted: use rancher/lb-service-haproxy with lb_config.port_rules in rancher-compose.yml");
+    }
     svc
 }
 
@@ -628,7 +663,7 @@ fn integer(v: &Node, at: &str, p: &mut Problems, min: i64, max: i64) -> Option<i
 /// `512m`, `1g`, `1048576` → bytes.
 fn bytes(v: &Node, at: &str, p: &mut Problems) -> Option<u64> {
     let text = match v.to_json() {
-        Json::Number(n) => return n.as_u64(),
+        Json::Number(n) if n.as_u64().is_some() => return n.as_u64(),
         Json::String(s) => s.to_ascii_lowercase(),
         _ => String::new(),
     };
@@ -641,8 +676,8 @@ fn bytes(v: &Node, at: &str, p: &mut Problems) -> Option<u64> {
         "g" | "gb" => 1 << 30,
         _ => 0,
     };
-    match digits.parse::<u64>() {
-        Ok(n) if mult > 0 => Some(n * mult),
+    match digits.parse::<u64>().ok().and_then(|n| n.checked_mul(mult)) {
+        Some(n) if mult > 0 => Some(n),
         _ => {
             p.add(v.pos, at, "expected a size such as 512m, 1g or a number of bytes");
             None
@@ -663,7 +698,9 @@ pub fn check_port_spec(spec: &str) -> Result<(), String> {
     if parts.len() == 3 && parts[2].parse::<IpAddr>().is_err() {
         return Err(format!("{spec:?}: expected [ip:]host_port:container_port"));
     }
-    for part in parts.iter().take(2) {
+    // `ip::80`: any host port on that address.
+    let host_port_free = parts.len() == 3 && parts[1].is_empty();
+    for part in parts.iter().take(if host_port_free { 1 } else { 2 }) {
         let range: Vec<&str> = part.split('-').collect();
         if range.len() > 2 || range.iter().any(|r| !r.parse::<u16>().is_ok_and(|n| n > 0)) {
             return Err(format!("{spec:?}: ports are numbers from 1 to 65535"));
@@ -672,14 +709,24 @@ pub fn check_port_spec(spec: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn read_env_file(path: &std::path::Path) -> std::io::Result<BTreeMap<String, String>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.trim().to_string(), v.to_string())))
-        .collect())
+/// `KEY=VALUE` lines (`#` comments and blank lines skipped, an `export ` prefix allowed, spaces
+/// around the key ignored); any other line is an error naming its number.
+pub fn parse_env_lines(text: &str) -> Result<BTreeMap<String, String>, (usize, String)> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && !k.trim().contains(char::is_whitespace) => {
+                out.insert(k.trim().to_string(), v.to_string());
+            }
+            _ => return Err((i + 1, format!("{line:?}: expected KEY=VALUE"))),
+        }
+    }
+    Ok(out)
 }
 
 /// Applies rancher-compose.yml to the services; a rancher-compose service that the compose file
@@ -710,10 +757,10 @@ pub fn apply_rancher(rancher: &Node, files: &mut StackFiles, p: &mut Problems) {
             continue;
         }
         let path = format!("{prefix}{name}");
-        let Some(svc) = files.services.iter_mut().find(|s| s.name == name) else {
+        if !files.services.iter().any(|s| s.name == name) {
             p.add(k.pos, &path, "no service of this name in the compose file");
             continue;
-        };
+        }
         let Some(settings) = def.as_map() else {
             if !matches!(def.value, Value::Null) {
                 p.add(def.pos, &path, format!("expected a map of settings, found {}", def.kind()));
@@ -723,6 +770,9 @@ pub fn apply_rancher(rancher: &Node, files: &mut StackFiles, p: &mut Problems) {
         for (sk, v) in settings {
             let Some(key) = sk.as_str() else { continue };
             let at = format!("{path}.{key}");
+            files.rancher_settings.push((name.to_string(), key.to_string(), sk.pos));
+            files.rancher_file = p.file.clone();
+            let svc = files.services.iter_mut().find(|s| s.name == name).expect("found above");
             match key {
                 "scale" => svc.scale = integer(v, &at, p, 0, 10_000).map(|n| n as u32),
                 "retain_ip" => {
@@ -892,13 +942,18 @@ fn lb_config(v: &Node, at: &str, p: &mut Problems) -> Option<LbConfig> {
                     "weight",
                 ],
             );
+            let mut numbers = serde_json::Map::new();
             for port in ["source_port", "target_port"] {
                 if let Some(n) = rule.get(port) {
-                    integer(n, &format!("{rat}.{port}"), p, 1, 65535);
+                    if let Some(v) = integer(n, &format!("{rat}.{port}"), p, 1, 65535) {
+                        numbers.insert(port.into(), json!(v));
+                    }
                 }
             }
-            if rule.get("source_port").is_none() {
-                p.add(rule.pos, &rat, "`source_port` is required");
+            for key in ["source_port", "target_port"] {
+                if rule.get(key).is_none() {
+                    p.add(rule.pos, &rat, format!("`{key}` is required"));
+                }
             }
             if let Some(proto) = rule.get("protocol") {
                 let s = proto.as_str().unwrap_or_default();
@@ -911,9 +966,15 @@ fn lb_config(v: &Node, at: &str, p: &mut Problems) -> Option<LbConfig> {
                 }
             }
             if let Some(n) = rule.get("priority") {
-                integer(n, &format!("{rat}.priority"), p, 1, 1_000_000);
+                if let Some(v) = integer(n, &format!("{rat}.priority"), p, 1, 1_000_000) {
+                    numbers.insert("priority".into(), json!(v));
+                }
             }
-            rules.push(strip_nulls(rule.to_json()));
+            let mut json = strip_nulls(rule.to_json());
+            if let Json::Object(m) = &mut json {
+                m.extend(numbers);
+            }
+            rules.push(json);
         }
     }
     let mut cfg = strip_nulls(v.to_json());
@@ -955,7 +1016,80 @@ pub fn assemble(files: &mut StackFiles, stack: &str, p: &mut Problems, positions
             p.add(positions(&at), &at, format!("{primary:?} is a sidekick itself and cannot have sidekicks ({sk:?})"));
         }
     }
+    // Settings that belong to a deployment unit, given on a sidekick.
+    for (name, key, pos) in &files.rancher_settings {
+        if let Some(primary) = sidekick_of.get(name) {
+            if matches!(
+                key.as_str(),
+                "scale"
+                    | "retain_ip"
+                    | "metadata"
+                    | "lb_config"
+                    | "load_balancer_config"
+                    | "upgrade_strategy"
+                    | "external_ips"
+                    | "hostname"
+                    | "scale_policy"
+                    | "start_on_create"
+            ) {
+                p.list.push(crate::problem::Problem {
+                    file: files.rancher_file.clone(),
+                    pos: *pos,
+                    path: format!("{name}.{key}"),
+                    message: format!("set it on {primary:?}: a sidekick runs as part of its primary's unit"),
+                });
+            }
+        }
+    }
+    let rancher_pos = |name: &str, key: &str| {
+        files
+            .rancher_settings
+            .iter()
+            .find(|(n, k, _)| n == name && k == key)
+            .map(|(_, _, pos)| *pos)
+            .unwrap_or_default()
+    };
     for svc in &files.services {
+        let at_rancher = |key: &str, message: String| crate::problem::Problem {
+            file: files.rancher_file.clone(),
+            pos: rancher_pos(&svc.name, key),
+            path: format!("{}.{key}", svc.name),
+            message,
+        };
+        if svc.lb_config.is_some() && svc.kind != ServiceKind::LoadBalancer {
+            p.list.push(at_rancher(
+                "lb_config",
+                "only a load balancer (image rancher/lb-service-haproxy) has lb_config".into(),
+            ));
+        }
+        if svc.kind != ServiceKind::External {
+            if !svc.external_ips.is_empty() {
+                p.list.push(at_rancher(
+                    "external_ips",
+                    "only an external service (image rancher/external-service) has external_ips".into(),
+                ));
+            }
+            if svc.hostname.is_some() {
+                p.list.push(at_rancher("hostname", "only an external service (image rancher/external-service) has hostname here; the container hostname goes in docker-compose.yml".into()));
+            }
+        }
+        if let Some(lb) = &svc.lb_config {
+            for (i, rule) in lb.port_rules.iter().enumerate() {
+                let Some(target) = rule.service.as_deref() else { continue };
+                let ok = match target.split_once('/') {
+                    Some((st, sv)) => valid_name(st) && valid_name(sv),
+                    None => names.contains(target) && !sidekick_of.contains_key(target),
+                };
+                if !ok {
+                    let mut problem = at_rancher(
+                        "lb_config",
+                        format!("port_rules[{i}].service {target:?} is not a service of this stack (or stack/service)"),
+                    );
+                    problem.path = format!("{}.lb_config.port_rules[{i}].service", svc.name);
+                    p.list.push(problem);
+                }
+            }
+        }
         let unit: Vec<&str> = match sidekick_of.get(&svc.name) {
             Some(primary) => std::iter::once(primary.as_str())
                 .chain(sidekick_of.iter().filter(|(_, p)| *p == primary).map(|(s, _)| s.as_str()))
@@ -977,10 +1111,12 @@ pub fn assemble(files: &mut StackFiles, stack: &str, p: &mut Problems, positions
                 ),
                 Some(("container", _)) => {}
                 _ if matches!(mode.as_str(), "host" | "none" | "bridge" | "managed" | "") => {}
+                // A network by name (infrastructure stacks use `ipsec`).
+                _ if !mode.is_empty() && mode.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) => {}
                 _ => p.add(
                     positions(&at),
                     &at,
-                    format!("{mode:?}: expected host, none, bridge, managed or container:<sidekick>"),
+                    format!("{mode:?}: expected host, none, bridge, managed, a network name or container:<sidekick>"),
                 ),
             }
         }
@@ -996,9 +1132,11 @@ pub fn assemble(files: &mut StackFiles, stack: &str, p: &mut Problems, positions
         }
         for target in svc.links.keys() {
             if let Some(local) = target.strip_prefix(&format!("{stack}/")) {
+                let at = format!("{}.links", svc.name);
                 if !names.contains(local) {
-                    let at = format!("{}.links", svc.name);
                     p.add(positions(&at), &at, format!("link to {local:?}, which is not a service of this stack"));
+                } else if let Some(primary) = sidekick_of.get(local) {
+                    p.add(positions(&at), &at, format!("{local:?} is a sidekick of {primary:?}: link to {primary:?}"));
                 }
             }
         }
@@ -1024,6 +1162,10 @@ pub fn assemble(files: &mut StackFiles, stack: &str, p: &mut Problems, positions
         let Some(list) = svc.launch_config.labels.get(SIDEKICKS_LABEL).cloned() else { continue };
         for sk in list.split(',').map(str::trim) {
             if let Some(s) = sidekicks.remove(sk) {
+                // A sidekick's links are its unit's links (rancher-compose merged them).
+                for (target, alias) in s.links {
+                    svc.links.entry(target).or_insert(alias);
+                }
                 let mut lc = s.launch_config;
                 lc.name = Some(s.name.clone());
                 svc.secondary_launch_configs.push(lc);
@@ -1038,7 +1180,7 @@ mod tests {
 
     #[test]
     fn port_specs() {
-        for ok in ["80", "80/udp", "8080:80", "127.0.0.1:8080:80/tcp", "8000-8010:8000-8010"] {
+        for ok in ["80", "80/udp", "8080:80", "127.0.0.1:8080:80/tcp", "8000-8010:8000-8010", "127.0.0.1::80"] {
             assert!(check_port_spec(ok).is_ok(), "{ok}");
         }
         for bad in ["0", "70000", "80/sctp", "a:80", "x:1:2", "1-2-3"] {

@@ -135,10 +135,15 @@ impl History {
         Ok(Claim { stack: stack.into(), revision, kv_revision })
     }
 
-    /// Stores the revision and makes it the head.
-    pub async fn commit(&self, claim: Claim, rev: &Revision) -> Result<(), HistoryError> {
+    /// Stores the revision being applied under the claim's number.
+    pub async fn record(&self, claim: &Claim, rev: &Revision) -> Result<(), HistoryError> {
         let body = serde_json::to_vec(rev).expect("serializable");
         self.kv.put(format!("{}.r{}", claim.stack, claim.revision), body.into()).await.map_err(nats)?;
+        Ok(())
+    }
+
+    /// Makes the recorded revision the head.
+    pub async fn commit(&self, claim: Claim) -> Result<(), HistoryError> {
         let head =
             serde_json::to_vec(&Head { revision: claim.revision, applying_since_ms: None }).expect("serializable");
         self.kv
@@ -148,8 +153,10 @@ impl History {
         Ok(())
     }
 
-    /// Gives the stack back without a new revision (nothing was written).
+    /// Gives the stack back without a new revision; a record written under the claim is
+    /// removed (the next revision will reuse its number).
     pub async fn release(&self, claim: Claim) -> Result<(), HistoryError> {
+        let _ = self.kv.purge(format!("{}.r{}", claim.stack, claim.revision)).await;
         let head =
             serde_json::to_vec(&Head { revision: claim.revision - 1, applying_since_ms: None }).expect("serializable");
         self.kv

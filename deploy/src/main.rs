@@ -137,8 +137,19 @@ impl StackArgs {
         };
         let Some(spec) = &self.template else {
             let dir = self.file.canonicalize().ok().and_then(|p| p.parent().map(|d| d.to_path_buf()));
+            // The directory's name, made a valid stack name as rancher-compose did (`My_App` → `my-app`).
             let stack = self.stack.clone().unwrap_or_else(|| {
-                dir.as_ref().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default()
+                let dir_name = dir
+                    .as_ref()
+                    .and_then(|d| d.file_name())
+                    .map(|n| n.to_string_lossy().to_lowercase())
+                    .unwrap_or_default();
+                dir_name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                    .collect::<String>()
+                    .trim_matches('-')
+                    .to_string()
             });
             let rancher = self.rancher_file.clone().or_else(|| {
                 let beside = self.file.parent().unwrap_or(std::path::Path::new(".")).join("rancher-compose.yml");
@@ -170,7 +181,26 @@ impl StackArgs {
                 })
                 .collect::<Vec<_>>()
         })?;
+        // Answers the template does not ask for are most likely misspelt.
+        let unknown: Vec<deploy::problem::Problem> = answers
+            .keys()
+            .filter(|k| !v.questions.iter().any(|q| &q.variable == *k))
+            .map(|k| deploy::problem::Problem {
+                file: answers_file.clone().unwrap_or_default(),
+                pos: answer_pos.get(k).copied().unwrap_or_default(),
+                path: k.clone(),
+                message: "not a question of this template".into(),
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return Err(unknown);
+        }
+        // As Rancher's UI did, a template's answers start from the questions' defaults, so
+        // `{{ .Values.X }}` and `${X}` read the same value (the environment does not override it).
         let defaults = catalog::defaults(&v.questions);
+        for (k, d) in &defaults {
+            answers.entry(k.clone()).or_insert_with(|| d.clone());
+        }
         let stack = self.stack.clone().unwrap_or_else(|| t.id.clone());
         let compose_text = if v.compose.extension().is_some_and(|e| e == "tpl") {
             let text = std::fs::read_to_string(&v.compose)
@@ -242,7 +272,10 @@ fn read_answers(path: &std::path::Path) -> Result<Answers, deploy::problem::Prob
     let text = std::fs::read_to_string(path).map_err(|e| problem(Default::default(), format!("cannot read: {e}")))?;
     let node = deploy::yaml::parse(&text).map_err(|e| problem(e.pos, format!("YAML: {}", e.message)))?;
     let (mut out, mut pos) = (BTreeMap::new(), BTreeMap::new());
-    for (k, v) in node.as_map().unwrap_or_default() {
+    let Some(entries) = node.as_map() else {
+        return Err(problem(node.pos, format!("expected a map of VARIABLE: answer, found {}", node.kind())));
+    };
+    for (k, v) in entries {
         let value = match v.to_json() {
             serde_json::Value::String(s) => s,
             serde_json::Value::Null => String::new(),
@@ -322,6 +355,10 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
             report(apply::run(&store, &history, &d.stack.name, Some(d), Scale::Keep, "up", *dry_run).await?);
         }
         Command::Rm { stack, dry_run } => {
+            if store.get::<event_bus::model::Stack>(&deploy::compose::stack_id(stack)).await?.is_none() {
+                eprintln!("no stack {stack:?}");
+                return Ok(ExitCode::from(2));
+            }
             report(apply::run(&store, &history, stack, None, Scale::Exact, "rm", *dry_run).await?);
         }
         Command::Scale { targets } => {
@@ -330,8 +367,8 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
             for t in targets {
                 let parsed =
                     t.split_once('=').and_then(|(svc, n)| Some((svc.split_once('/')?, n.parse::<u32>().ok()?)));
-                let Some(((stack, svc), n)) = parsed else {
-                    eprintln!("{t:?}: expected stack/service=N");
+                let Some(((stack, svc), n)) = parsed.filter(|(_, n)| *n <= 10_000) else {
+                    eprintln!("{t:?}: expected stack/service=N with N from 0 to 10000");
                     return Ok(ExitCode::from(2));
                 };
                 if stack_name.get_or_insert_with(|| stack.to_string()) != stack {
@@ -439,7 +476,11 @@ fn catalog_command(command: &CatalogCommand, root: &std::path::Path) -> Result<(
     match command {
         CatalogCommand::List => {
             println!("{:<24} {:<12} {:<16} DESCRIPTION", "TEMPLATE", "DEFAULT", "VERSIONS");
-            for t in catalog::templates(root)? {
+            let (templates, broken) = catalog::templates(root)?;
+            for e in &broken {
+                eprintln!("deploy: skipped a template: {e}");
+            }
+            for t in templates {
                 let versions: Vec<String> =
                     t.versions.iter().map(|v| v.version.clone().unwrap_or_else(|| v.folder.clone())).collect();
                 let default = t.config.version.clone().or_else(|| versions.last().cloned()).unwrap_or_default();

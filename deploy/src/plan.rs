@@ -24,6 +24,8 @@ pub struct Plan {
     pub create_stack: bool,
     /// The stack record itself goes away (`deploy rm`).
     pub delete_stack: bool,
+    /// Fields of the stack record that change (`extra.volumes…`, `description`…).
+    pub stack_changes: Vec<(String, Json, Json)>,
     pub changes: Vec<Change>,
     /// The stack's services once applied, in order: what the history keeps.
     pub result: Vec<Service>,
@@ -31,7 +33,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        !self.create_stack && !self.delete_stack && self.changes.is_empty()
+        !self.create_stack && !self.delete_stack && self.stack_changes.is_empty() && self.changes.is_empty()
     }
 }
 
@@ -48,6 +50,9 @@ impl fmt::Display for Plan {
             ""
         };
         writeln!(f, "stack {}{what}", self.stack)?;
+        for (path, before, after) in &self.stack_changes {
+            writeln!(f, "      stack.{path}: {} -> {}", short(before), short(after))?;
+        }
         for c in &self.changes {
             match c {
                 Change::Create(s) => writeln!(f, "  + service {} (create)", s.name)?,
@@ -110,8 +115,15 @@ pub enum Scale {
     Exact,
 }
 
-/// Compares desired with current.
-pub fn plan(desired: &Desired, stack_exists: bool, current: &BTreeMap<String, Service>, scale: Scale) -> Plan {
+/// Compares desired with current. Fields the stack files cannot express (`vip`, `fqdn`,
+/// `token`, `create_index`, `system`, `state`, `selector_container`) are kept from the current
+/// document, so `up` never erases them.
+pub fn plan(
+    desired: &Desired,
+    current_stack: Option<&event_bus::model::Stack>,
+    current: &BTreeMap<String, Service>,
+    scale: Scale,
+) -> Plan {
     let mut changes = Vec::new();
     let mut result = Vec::new();
     for svc in &desired.services {
@@ -124,6 +136,13 @@ pub fn plan(desired: &Desired, stack_exists: bool, current: &BTreeMap<String, Se
                 let mut new = svc.clone();
                 if scale == Scale::Keep {
                     new.scale = old.scale;
+                    new.vip = old.vip.clone();
+                    new.fqdn = old.fqdn.clone();
+                    new.token = old.token.clone();
+                    new.create_index = old.create_index;
+                    new.system = old.system;
+                    new.state = old.state.clone();
+                    new.selector_container = old.selector_container.clone();
                 }
                 let mut fields = Vec::new();
                 diff(
@@ -144,7 +163,23 @@ pub fn plan(desired: &Desired, stack_exists: bool, current: &BTreeMap<String, Se
             changes.push(Change::Delete(name.clone()));
         }
     }
-    Plan { stack: desired.stack.name.clone(), create_stack: !stack_exists, delete_stack: false, changes, result }
+    let mut stack_changes = Vec::new();
+    if let Some(old) = current_stack {
+        diff(
+            &serde_json::to_value(old).unwrap_or_default(),
+            &serde_json::to_value(&desired.stack).unwrap_or_default(),
+            "",
+            &mut stack_changes,
+        );
+    }
+    Plan {
+        stack: desired.stack.name.clone(),
+        create_stack: current_stack.is_none(),
+        delete_stack: false,
+        stack_changes,
+        changes,
+        result,
+    }
 }
 
 /// Removing a stack: every service, then the stack record.
@@ -153,6 +188,7 @@ pub fn removal(stack: &str, stack_exists: bool, current: &BTreeMap<String, Servi
         stack: stack.to_string(),
         create_stack: false,
         delete_stack: stack_exists,
+        stack_changes: Vec::new(),
         changes: current.keys().map(|n| Change::Delete(n.clone())).collect(),
         result: Vec::new(),
     }
@@ -161,7 +197,7 @@ pub fn removal(stack: &str, stack_exists: bool, current: &BTreeMap<String, Servi
 /// Writes the plan: the stack first (so services never point at a missing stack), services,
 /// and for a removal the stack last.
 pub async fn apply(store: &StateStore, stack: Option<&event_bus::model::Stack>, plan: &Plan) -> event_bus::Result<()> {
-    if let (true, Some(stack)) = (plan.create_stack, stack) {
+    if let (true, Some(stack)) = (plan.create_stack || !plan.stack_changes.is_empty(), stack) {
         store.put(stack).await?;
     }
     for c in &plan.changes {

@@ -16,10 +16,12 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Position 0 means "this file as a whole" (a catalog or a command-line value).
+        let at = if self.pos.line == 0 { String::new() } else { format!(":{}", self.pos) };
         if self.path.is_empty() {
-            write!(f, "{}:{}: {}", self.file, self.pos, self.message)
+            write!(f, "{}{at}: {}", self.file, self.message)
         } else {
-            write!(f, "{}:{}: {}: {}", self.file, self.pos, self.path, self.message)
+            write!(f, "{}{at}: {}: {}", self.file, self.path, self.message)
         }
     }
 }

@@ -103,7 +103,12 @@ pub fn load(input: &Input) -> Result<Desired, Vec<Problem>> {
             .or_else(|| std::env::var(name).ok())
             .or_else(|| input.defaults.get(name).cloned())
     };
-    let mut cp = Problems::new(input.compose.display().to_string());
+    // Positions in a rendered template are positions in the rendered text: say so.
+    let label = match input.compose_text {
+        Some(_) => format!("{} (as rendered)", input.compose.display()),
+        None => input.compose.display().to_string(),
+    };
+    let mut cp = Problems::new(label);
     let base = input.compose.parent().unwrap_or(Path::new("."));
     let mut files = StackFiles::default();
     let mut index = Default::default();

@@ -8,7 +8,9 @@
 //!   `lower`, `trim`, `splitList SEP S`, `until N`, `atoi S`, `empty S`, and pipes `X | f`;
 //! - comments `{{/* … */}}`; a file starting with `# notemplating` is not rendered.
 //!
-//! Values are strings (answers always are); truthiness is Go's: empty, `false` and `0` are false.
+//! Values are strings (answers always are); truthiness is Go's: an empty string is false, any
+//! other string true (`"false"` too: compare with `eq .Values.X "true"`, as catalog templates do);
+//! `and`/`or` return one of their arguments, as Go's; `default` is sprig's.
 //! Anything else is an error naming the line.
 
 use std::collections::BTreeMap;
@@ -38,7 +40,7 @@ enum Val {
 impl Val {
     fn truthy(&self) -> bool {
         match self {
-            Val::Str(s) => !s.is_empty() && s != "false" && s != "0",
+            Val::Str(s) => !s.is_empty(),
             Val::List(l) => !l.is_empty(),
             Val::Bool(b) => *b,
             Val::Int(i) => *i != 0,
@@ -262,8 +264,11 @@ fn words(expr: &str, line: usize) -> Result<Vec<String>, TemplateError> {
                     break;
                 }
                 if d == '\\' && c == '"' {
-                    if let Some(e) = chars.next() {
-                        s.push(e);
+                    match chars.next() {
+                        Some('n') => s.push('\n'),
+                        Some('t') => s.push('\t'),
+                        Some(e) => s.push(e),
+                        None => {}
                     }
                 } else {
                     s.push(d);
@@ -425,23 +430,43 @@ fn call(f: &str, args: Vec<Val>, line: usize) -> Result<Val, TemplateError> {
             let same = args[0].text() == args[1].text();
             Val::Bool(if f == "eq" { same } else { !same })
         }
-        "and" => Val::Bool(!args.is_empty() && args.iter().all(Val::truthy)),
-        "or" => Val::Bool(args.iter().any(Val::truthy)),
+        // Go: `and` gives the first false argument or the last; `or` the first true one or the last.
+        "and" => args.iter().find(|a| !a.truthy()).or(args.last()).cloned().unwrap_or(Val::Bool(true)),
+        "or" => args.iter().find(|a| a.truthy()).or(args.last()).cloned().unwrap_or(Val::Bool(false)),
         "not" => {
             want(1)?;
             Val::Bool(!args[0].truthy())
         }
         "default" => {
+            // sprig: the value unless it is empty ("", false, 0, an empty list).
             want(2)?;
-            if args[1].truthy() {
-                args[1].clone()
-            } else {
+            let empty = match &args[1] {
+                Val::Str(s) => s.is_empty(),
+                Val::List(l) => l.is_empty(),
+                Val::Bool(b) => !b,
+                Val::Int(i) => *i == 0,
+            };
+            if empty {
                 args[0].clone()
+            } else {
+                args[1].clone()
             }
         }
         "quote" => {
             want(1)?;
-            Val::Str(format!("{:?}", args[0].text()))
+            let t = args[0].text();
+            let mut q = String::from("\"");
+            for c in t.chars() {
+                match c {
+                    '"' => q.push_str("\\\""),
+                    '\\' => q.push_str("\\\\"),
+                    '\n' => q.push_str("\\n"),
+                    '\t' => q.push_str("\\t"),
+                    c => q.push(c),
+                }
+            }
+            q.push('"');
+            Val::Str(q)
         }
         "upper" | "lower" | "trim" => {
             want(1)?;
@@ -508,6 +533,11 @@ mod tests {
             render(t, &data(&[("TAG", "1.25"), ("HOST_PORTS", "false")])).unwrap(),
             "services:\n  web:\n    image: nginx:1.25\n"
         );
+        // Go semantics: a non-empty string is true; `or` gives a value; sprig's default.
+        assert_eq!(render("{{ if .Values.X }}y{{ end }}", &data(&[("X", "false")])).unwrap(), "y");
+        assert_eq!(render("{{ or .Values.TAG \"latest\" }}", &data(&[])).unwrap(), "latest");
+        assert_eq!(render("{{ default \"d\" \"false\" }}", &data(&[])).unwrap(), "false");
+        assert_eq!(render("{{ quote \"a\\tb\" }}", &data(&[])).unwrap(), "\"a\\tb\"");
         let t = "{{ if .Values.A }}a{{ else if ne .Values.B \"\" }}b{{ else }}c{{ end }}";
         assert_eq!(render(t, &data(&[("A", "x")])).unwrap(), "a");
         assert_eq!(render(t, &data(&[("B", "y")])).unwrap(), "b");

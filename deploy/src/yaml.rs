@@ -111,10 +111,11 @@ pub struct SyntaxError {
 
 /// Parses one YAML document. An empty file is `Null`.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
-    let mut builder = Builder { stack: Vec::new(), anchors: HashMap::new(), root: None, error: None };
+    let mut builder =
+        Builder { stack: Vec::new(), anchors: HashMap::new(), root: None, error: None, expanded: 0, documents: 0 };
     let mut parser = Parser::new_from_str(text);
     parser
-        .load(&mut builder, false)
+        .load(&mut builder, true)
         .map_err(|e| SyntaxError { pos: pos(e.marker().line(), e.marker().col()), message: e.info().to_string() })?;
     if let Some(e) = builder.error {
         return Err(e);
@@ -128,8 +129,8 @@ fn pos(line: usize, col0: usize) -> Pos {
 
 enum Open {
     Seq(Node, usize),
-    /// A map, its anchor, and a key waiting for its value.
-    Map(Node, usize, Option<Node>),
+    /// A map, its anchor, a key waiting for its value, and maps merged in with `<<`.
+    Map(Node, usize, Option<Node>, Vec<Node>),
 }
 
 struct Builder {
@@ -137,6 +138,21 @@ struct Builder {
     anchors: HashMap<usize, Node>,
     root: Option<Node>,
     error: Option<SyntaxError>,
+    /// Nodes copied through aliases so far: a file of nested aliases ("billion laughs") must
+    /// not expand without bound.
+    expanded: usize,
+    documents: usize,
+}
+
+/// More alias copies than any real stack file makes.
+const MAX_ALIAS_NODES: usize = 100_000;
+
+fn size(n: &Node) -> usize {
+    match &n.value {
+        Value::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
+        Value::Map(entries) => 1 + entries.iter().map(|(k, v)| size(k) + size(v)).sum::<usize>(),
+        _ => 1,
+    }
 }
 
 impl Builder {
@@ -151,8 +167,29 @@ impl Builder {
                     items.push(node);
                 }
             }
-            Some(Open::Map(map, _, pending)) => match pending.take() {
-                None => *pending = Some(node),
+            Some(Open::Map(map, _, pending, merges)) => match pending.take() {
+                None => {
+                    if node.as_str().is_none() && self.error.is_none() {
+                        self.error = Some(SyntaxError {
+                            pos: node.pos,
+                            message: format!("keys must be strings, found {}", node.kind()),
+                        });
+                    }
+                    *pending = Some(node)
+                }
+                Some(key) if key.as_str() == Some("<<") => {
+                    // YAML merge key: applied when the map ends, for keys it does not set itself.
+                    match node.value {
+                        Value::Map(_) => merges.push(node),
+                        Value::Seq(items) if items.iter().all(|i| matches!(i.value, Value::Map(_))) => {
+                            merges.extend(items)
+                        }
+                        _ if self.error.is_none() => {
+                            self.error = Some(SyntaxError { pos: key.pos, message: "`<<` merges maps only".into() });
+                        }
+                        _ => {}
+                    }
+                }
                 Some(key) => {
                     if let Value::Map(entries) = &mut map.value {
                         if let Some(k) = key.as_str() {
@@ -188,20 +225,52 @@ impl<'input> SpannedEventReceiver<'input> for Builder {
                 self.stack.push(Open::Seq(Node { pos: p, value: Value::Seq(vec![]) }, anchor))
             }
             Event::MappingStart(anchor, _) => {
-                self.stack.push(Open::Map(Node { pos: p, value: Value::Map(vec![]) }, anchor, None))
+                self.stack.push(Open::Map(Node { pos: p, value: Value::Map(vec![]) }, anchor, None, vec![]))
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 if let Some(open) = self.stack.pop() {
                     let (node, anchor) = match open {
                         Open::Seq(n, a) => (n, a),
-                        Open::Map(n, a, _) => (n, a),
+                        Open::Map(mut n, a, _, merges) => {
+                            if let Value::Map(entries) = &mut n.value {
+                                for src in merges {
+                                    if let Value::Map(more) = src.value {
+                                        for (k, v) in more {
+                                            if !entries.iter().any(|(e, _)| e.as_str() == k.as_str()) {
+                                                entries.push((k, v));
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                            (n, a)
+                        }
                     };
                     self.push_value(node, anchor);
                 }
             }
             Event::Alias(id) => {
                 let node = self.anchors.get(&id).cloned().unwrap_or(Node { pos: p, value: Value::Null });
+                self.expanded += size(&node);
+                if self.expanded > MAX_ALIAS_NODES {
+                    if self.error.is_none() {
+                        self.error = Some(SyntaxError {
+                            pos: p,
+                            message: format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"),
+                        });
+                    }
+                    return;
+                }
                 self.push_value(Node { pos: p, ..node }, 0);
+            }
+            Event::DocumentStart(_) => {
+                self.documents += 1;
+                if self.documents > 1 && self.error.is_none() {
+                    self.error = Some(SyntaxError {
+                        pos: p,
+                        message: "more than one YAML document (`---`): a stack file is one document".into(),
+                    });
+                }
             }
             _ => {}
         }
@@ -270,6 +339,24 @@ mod tests {
         assert_eq!(e.pos.line, 2);
         let e = parse("a: 1\na: 2\n").unwrap_err();
         assert_eq!((e.pos, e.message.contains("duplicate")), (Pos { line: 2, col: 1 }, true));
+    }
+
+    #[test]
+    fn merge_keys_and_limits() {
+        let n = parse("base: &b {image: x, scale: 1}\nweb:\n  <<: *b\n  scale: 2\n").unwrap();
+        assert_eq!(n.get("web").unwrap().to_json(), serde_json::json!({"scale": 2, "image": "x"}));
+        let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..9 {
+            laughs.push_str(&format!(
+                "{}: &{} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n",
+                (b'a' + i) as char,
+                (b'a' + i) as char,
+                p = (b'a' + i - 1) as char
+            ));
+        }
+        assert!(parse(&laughs).unwrap_err().message.contains("aliases expand"));
+        assert!(parse("a: 1\n---\nb: 2\n").unwrap_err().message.contains("more than one YAML document"));
+        assert!(parse("? [a]\n: 1\n").unwrap_err().message.contains("keys must be strings"));
     }
 
     #[test]

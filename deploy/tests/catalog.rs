@@ -139,3 +139,33 @@ fn every_question_type_and_the_template_language() {
     assert!(err.contains("Secret (SECRET): ") && err.contains("' ' is not allowed"), "{err}");
     assert_eq!(services(&out)[0]["launch_config"]["environment"]["SECRET"], "s3cretpass");
 }
+
+#[test]
+fn misspelt_answers_and_broken_templates() {
+    let a = answers("PUBLC_PORT: 9000\n");
+    let (code, _, err) = deploy(&["validate", "-t", "web-lb", "--answers", a.path().to_str().unwrap()], "");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!("{}:1:13: PUBLC_PORT: not a question of this template", a.path().display())),
+        "{err}"
+    );
+    let list = answers("- a\n- b\n");
+    let (code, _, err) = deploy(&["validate", "-t", "web-lb", "--answers", list.path().to_str().unwrap()], "");
+    assert_eq!(code, 2);
+    assert!(err.contains("expected a map of VARIABLE: answer, found a list"), "{err}");
+
+    // A catalog with one broken template still lists and deploys the others.
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("templates/good/0");
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::write(dir.path().join("templates/good/config.yml"), "name: Good\n").unwrap();
+    std::fs::write(good.join("docker-compose.yml"), "web:\n  image: nginx\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("templates/bad")).unwrap();
+    std::fs::write(dir.path().join("templates/bad/config.yml"), "name: [unclosed\n").unwrap();
+    let cat = dir.path().to_str().unwrap();
+    let (code, out, err) = deploy(&["catalog", "list", "--catalog", cat], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("good") && err.contains("skipped a template"), "{out}{err}");
+    let (code, _, err) = deploy(&["validate", "-t", "good", "--catalog", cat], "");
+    assert_eq!(code, 0, "{err}");
+}

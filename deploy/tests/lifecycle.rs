@@ -145,3 +145,42 @@ async fn concurrent_ups_never_mix() {
         }
     }
 }
+
+/// Review findings, as behaviour: `up` keeps what the files cannot say, refuses a volume driver
+/// change, updates the stack record, and `rm` of nothing is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_keeps_foreign_fields_and_guards_volumes() {
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let bus = Bus::connect(&NatsOptions::new(url.clone()), "default", Duration::from_secs(10)).await.unwrap();
+    let store = provision(&bus, &Provision::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("docker-compose.yml");
+    let f = f.to_str().unwrap();
+    let v = |driver: &str, tag: &str| {
+        format!("version: '2'\nservices:\n  web:\n    image: nginx:{tag}\n    volumes: [data:/d]\nvolumes:\n  data:\n    driver: {driver}\n")
+    };
+    std::fs::write(f, v("local", "1")).unwrap();
+    assert_eq!(deploy(&["up", "-f", f, "-p", "vol"], &url).0, 0);
+    let st = store.get::<Stack>("vol").await.unwrap().unwrap().value;
+    assert_eq!(st.extra["volumes"]["data"]["driver"], "local");
+
+    // A field deploy does not write survives an up.
+    let mut web = store.get::<Service>("vol=web").await.unwrap().unwrap().value;
+    web.vip = Some("10.43.0.5".into());
+    store.put(&web).await.unwrap();
+    let (_, out, _) = deploy(&["up", "-f", f, "-p", "vol"], &url);
+    assert_eq!(out, "stack vol: up to date\n");
+
+    // Changing a volume's driver is refused, with nothing written.
+    std::fs::write(f, v("convoy-nfs", "2")).unwrap();
+    let before = store.version().await.unwrap();
+    let (code, _, err) = deploy(&["up", "-f", f, "-p", "vol"], &url);
+    assert_eq!(code, 1);
+    assert!(err.contains("volume \"data\": its driver is \"local\""), "{err}");
+    assert_eq!(store.version().await.unwrap(), before);
+
+    // rm of a stack that does not exist.
+    let (code, _, err) = deploy(&["rm", "nosuch"], &url);
+    assert_eq!((code, err.trim()), (2, "no stack \"nosuch\""));
+}
