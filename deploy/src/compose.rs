@@ -342,6 +342,9 @@ fn service(name: &str, def: &Node, stack: &str, path: &str, base_dir: &std::path
                 }
             }
             k if VERBATIM.contains(&k) => {
+                if let Err(e) = check_verbatim(k, v) {
+                    p.add(v.pos, &at, e);
+                }
                 lc.extra.insert(k.to_string(), v.to_json());
             }
             k => match REFUSED.iter().find(|(r, _)| *r == k) {
@@ -469,6 +472,78 @@ pub fn check_selector(value: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The shape Docker expects for a key kept verbatim (so the agent never meets `tty: maybe`).
+fn check_verbatim(key: &str, v: &Node) -> Result<(), String> {
+    let json = v.to_json();
+    let is_str = |j: &Json| j.is_string() || j.is_number();
+    let list_of_str = |j: &Json| j.as_array().is_some_and(|a| a.iter().all(is_str));
+    let ok = match key {
+        "read_only" | "tty" | "stdin_open" | "oom_kill_disable" | "init" => json.is_boolean(),
+        "cpu_shares" | "cpu_period" | "cpu_quota" | "oom_score_adj" | "mem_swappiness" | "blkio_weight"
+        | "cpu_count" | "cpu_percent" => json.is_i64() || json.as_str().is_some_and(|s| s.parse::<i64>().is_ok()),
+        "cpus" => json.is_number() || json.as_str().is_some_and(|s| s.parse::<f64>().is_ok()),
+        "mem_limit" | "memswap_limit" | "kernel_memory" | "shm_size" => {
+            json.as_u64().is_some() || json.as_i64() == Some(-1) || json.as_str().is_some_and(size_ok)
+        }
+        "restart" => json.as_str().is_some_and(|r| {
+            matches!(r, "no" | "always" | "unless-stopped" | "on-failure")
+                || r.strip_prefix("on-failure:").is_some_and(|n| n.parse::<u32>().is_ok())
+        }),
+        "domainname" | "user" | "working_dir" | "cpuset" | "pid" | "ipc" | "uts" | "cgroup_parent" | "stop_signal"
+        | "isolation" | "mac_address" | "stop_grace_period" | "volume_driver" | "log_driver" => is_str(&json),
+        "cap_drop" | "devices" | "security_opt" | "group_add" | "dns_opt" => list_of_str(&json) || json.is_string(),
+        "tmpfs" => list_of_str(&json) || json.is_string(),
+        "extra_hosts" | "depends_on" | "sysctls" => list_of_str(&json) || json.is_object(),
+        "ulimits" | "logging" | "log_opt" | "healthcheck" | "storage_opt" => json.is_object(),
+        _ => true,
+    };
+    if ok {
+        return Ok(());
+    }
+    let expected = match key {
+        "read_only" | "tty" | "stdin_open" | "oom_kill_disable" | "init" => "true or false",
+        "restart" => "no, always, unless-stopped, on-failure or on-failure:N",
+        "mem_limit" | "memswap_limit" | "kernel_memory" | "shm_size" => "a size such as 512m",
+        "ulimits" | "logging" | "log_opt" | "healthcheck" | "storage_opt" => "a map",
+        "extra_hosts" | "depends_on" | "sysctls" => "a list or a map",
+        "cap_drop" | "devices" | "security_opt" | "group_add" | "dns_opt" | "tmpfs" => "a list of strings",
+        "cpus" => "a number",
+        k if matches!(
+            k,
+            "cpu_shares"
+                | "cpu_period"
+                | "cpu_quota"
+                | "oom_score_adj"
+                | "mem_swappiness"
+                | "blkio_weight"
+                | "cpu_count"
+                | "cpu_percent"
+        ) =>
+        {
+            "a whole number"
+        }
+        _ => "a string",
+    };
+    Err(format!("expected {expected}, found {}", describe(&json)))
+}
+
+fn size_ok(s: &str) -> bool {
+    let s = s.to_ascii_lowercase();
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    matches!(&s[digits.len()..], "" | "b" | "k" | "kb" | "m" | "mb" | "g" | "gb") && digits.parse::<u64>().is_ok()
+}
+
+fn describe(j: &Json) -> String {
+    match j {
+        Json::Null => "nothing".into(),
+        Json::Bool(b) => b.to_string(),
+        Json::Number(n) => n.to_string(),
+        Json::String(s) => format!("{s:?}"),
+        Json::Array(_) => "a list".into(),
+        Json::Object(_) => "a map".into(),
+    }
 }
 
 /// Rancher's special images.

@@ -212,6 +212,12 @@ async fn broken_files_report_every_problem_with_its_position() {
         ("web:\n  image: a\n  labels:\n    io.rancher.scheduler.affinity:host_label: zone\n", None, vec![r#"docker-compose.yml:4:47: web.labels.io.rancher.scheduler.affinity:host_label: "zone": expected key=value pairs separated by commas"#]),
         ("web:\n  image: a\n  labels:\n    io.rancher.service.selector.link: tier in (a,b\n", None, vec![r#"docker-compose.yml:4:39: web.labels.io.rancher.service.selector.link: "tier in (a,b": unbalanced parentheses"#]),
         ("web:\n  image: a\n  labels:\n    io.rancher.scheduler.global: yes\n", None, vec![r#"docker-compose.yml:4:34: web.labels.io.rancher.scheduler.global: "yes": expected 'true' or 'false'"#]),
+        ("web:\n  image: a\n  tty: maybe\n  restart: sometimes\n  mem_limit: lots\n  ulimits: 5\n", None, vec![
+            r#"docker-compose.yml:3:8: web.tty: expected true or false, found "maybe""#,
+            r#"docker-compose.yml:4:12: web.restart: expected no, always, unless-stopped, on-failure or on-failure:N, found "sometimes""#,
+            r#"docker-compose.yml:5:14: web.mem_limit: expected a size such as 512m, found "lots""#,
+            "docker-compose.yml:6:12: web.ulimits: expected a map, found 5",
+        ]),
         // Every problem at once, across both files, in file order.
         (
             "web:\n  image: a\n  imagee: b\n  ports: [\"0\"]\n",
