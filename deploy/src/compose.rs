@@ -510,20 +510,8 @@ fn check_verbatim(key: &str, v: &Node) -> Result<(), String> {
         "extra_hosts" | "depends_on" | "sysctls" => "a list or a map",
         "cap_drop" | "devices" | "security_opt" | "group_add" | "dns_opt" | "tmpfs" => "a list of strings",
         "cpus" => "a number",
-        k if matches!(
-            k,
-            "cpu_shares"
-                | "cpu_period"
-                | "cpu_quota"
-                | "oom_score_adj"
-                | "mem_swappiness"
-                | "blkio_weight"
-                | "cpu_count"
-                | "cpu_percent"
-        ) =>
-        {
-            "a whole number"
-        }
+        "cpu_shares" | "cpu_period" | "cpu_quota" | "oom_score_adj" | "mem_swappiness" | "blkio_weight"
+        | "cpu_count" | "cpu_percent" => "a whole number",
         _ => "a string",
     };
     Err(format!("expected {expected}, found {}", describe(&json)))
