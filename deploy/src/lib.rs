@@ -4,6 +4,7 @@
 //! - [`interp`]: compose-style `$VAR` interpolation;
 //! - [`catalog`]: Rancher catalogs, templates, versions and questions;
 //! - [`compose`]: docker-compose.yml + rancher-compose.yml → services;
+//! - [`schedule`]: the controller's placement: units, hosts, names, addresses;
 //! - [`stackfile`]: loading and checking a whole stack, all-or-nothing;
 //! - [`apply`]: one change end to end, with the history's claim;
 //! - [`history`]: every applied revision, and the per-stack claim;
@@ -20,6 +21,7 @@ pub mod interp;
 pub mod plan;
 pub mod problem;
 pub mod ps;
+pub mod schedule;
 pub mod stackfile;
 pub mod template;
 pub mod yaml;

@@ -1,0 +1,214 @@
+//! The controller's placement rules on fixture environments (pure: no NATS, no Docker).
+
+use std::sync::Arc;
+
+use deploy::schedule::{live_hosts, place, Counters, Placement};
+use event_bus::keys::Document;
+use event_bus::model::{Host, LaunchConfig, Service};
+use event_bus::testkit::fixtures;
+use event_bus::{Key, Record, Snapshot};
+
+fn host(uuid: &str, name: &str, third: u8, labels: &[(&str, &str)]) -> Host {
+    let mut h = fixtures::host(uuid, name, &format!("127.0.1.{third}"));
+    h.subnet = Some(format!("10.42.{third}.0/24"));
+    h.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    h
+}
+
+fn service(uuid: &str, name: &str, scale: u32, labels: &[(&str, &str)]) -> Service {
+    let mut s = fixtures::service(uuid, "st1", name);
+    s.scale = Some(scale);
+    s.launch_config.labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    s
+}
+
+fn snapshot(hosts: Vec<Host>, services: Vec<Service>) -> Snapshot {
+    let mut records: Vec<Record> = vec![fixtures::stack("st1", "app").into_record()];
+    records.extend(hosts.into_iter().map(|h| h.into_record()));
+    records.extend(services.into_iter().map(|s| s.into_record()));
+    Snapshot::from_records(1, records)
+}
+
+/// Applies a placement to the snapshot, as the controller's writes would.
+fn apply(snap: &mut Snapshot, p: &Placement) {
+    for c in &p.create {
+        let r = c.clone().into_record();
+        snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
+    }
+    for uuid in &p.remove {
+        snap.apply(&Key::new(event_bus::Family::Container, uuid).unwrap(), None);
+    }
+}
+
+fn hosts_of(p: &Placement, service: &str) -> Vec<String> {
+    let mut v: Vec<String> = p
+        .create
+        .iter()
+        .filter(|c| c.service_uuid.as_deref() == Some(service) && c.launch_config_name.is_none())
+        .map(|c| c.host_uuid.clone().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn scale_global_and_sidekicks() {
+    let mut web = service("s-web", "web", 3, &[]);
+    web.secondary_launch_configs = vec![LaunchConfig {
+        name: Some("log".into()),
+        image: "busybox".into(),
+        network_mode: Some("container:web".into()),
+        ..Default::default()
+    }];
+    let agent = service("s-agent", "agent", 1, &[("io.rancher.scheduler.global", "true")]);
+    let snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![web, agent]);
+    let hosts = live_hosts(&snap, 0, 10_000);
+    let p = place(&snap, &hosts, &Counters::default());
+    assert!(p.unplaceable.is_empty(), "{:?}", p.unplaceable);
+    assert_eq!(hosts_of(&p, "s-web").len(), 3);
+    assert_eq!(hosts_of(&p, "s-agent"), ["h1", "h2"], "global: one per host");
+    // Names, indexes, sidekicks beside their primary sharing its network.
+    let web1 = p.create.iter().find(|c| c.name == "app-web-1").unwrap();
+    let log1 = p.create.iter().find(|c| c.name == "app-web-log-1").unwrap();
+    assert_eq!(log1.host_uuid, web1.host_uuid);
+    assert_eq!(log1.network_from_container_uuid.as_deref(), Some(web1.uuid.as_str()));
+    assert!(log1.primary_ip.is_none());
+    assert_eq!(web1.labels["io.rancher.stack_service.name"], "app/web");
+    // Addresses from the host's subnet, distinct.
+    for c in p.create.iter().filter(|c| c.primary_ip.is_some()) {
+        let third = if c.host_uuid.as_deref() == Some("h1") { 1 } else { 2 };
+        assert!(c.primary_ip.as_ref().unwrap().starts_with(&format!("10.42.{third}.")), "{c:?}");
+    }
+    let ips: std::collections::BTreeSet<_> = p.create.iter().filter_map(|c| c.primary_ip.clone()).collect();
+    assert_eq!(ips.len(), p.create.iter().filter(|c| c.primary_ip.is_some()).count());
+    // Spread: 3 web units on 2 hosts → 2 and 1.
+    let on_h1 = hosts_of(&p, "s-web").iter().filter(|h| *h == "h1").count();
+    assert!(on_h1 == 1 || on_h1 == 2);
+}
+
+#[test]
+fn host_label_rules_and_reasons() {
+    let hosts = vec![
+        host("h1", "host-1", 1, &[("zone", "a"), ("disk", "ssd")]),
+        host("h2", "host-2", 2, &[("zone", "b")]),
+        host("h3", "host-3", 3, &[("zone", "a"), ("role", "edge")]),
+    ];
+    let services = vec![
+        service("s-a", "in-a", 2, &[("io.rancher.scheduler.affinity:host_label", "zone=a")]),
+        service("s-ne", "not-edge", 3, &[("io.rancher.scheduler.affinity:host_label_ne", "role=edge")]),
+        service("s-soft", "prefers-ssd", 1, &[("io.rancher.scheduler.affinity:host_label_soft", "disk=ssd")]),
+        service("s-none", "nowhere", 1, &[("io.rancher.scheduler.affinity:host_label", "zone=c")]),
+        service("s-req", "pinned", 1, &[("io.rancher.service.requested.host.id", "h2")]),
+    ];
+    let snap = snapshot(hosts, services);
+    let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+    assert_eq!(hosts_of(&p, "s-a"), ["h1", "h3"]);
+    assert!(hosts_of(&p, "s-ne").iter().all(|h| h != "h3"));
+    assert_eq!(hosts_of(&p, "s-soft"), ["h1"]);
+    assert_eq!(hosts_of(&p, "s-req"), ["h2"]);
+    assert!(hosts_of(&p, "s-none").is_empty());
+    assert_eq!(
+        p.unplaceable["s-none"],
+        "no host qualifies: host-1: fails io.rancher.scheduler.affinity:host_label=zone=c; \
+         host-2: fails io.rancher.scheduler.affinity:host_label=zone=c; \
+         host-3: fails io.rancher.scheduler.affinity:host_label=zone=c"
+    );
+}
+
+#[test]
+fn container_affinity_follows_what_runs() {
+    let db = service("s-db", "db", 1, &[("io.rancher.service.requested.host.id", "h2")]);
+    let near = service(
+        "s-near",
+        "near-db",
+        1,
+        &[("io.rancher.scheduler.affinity:container_label", "io.rancher.stack_service.name=app/db")],
+    );
+    let far = service(
+        "s-far",
+        "far-db",
+        1,
+        &[("io.rancher.scheduler.affinity:container_label_ne", "io.rancher.stack_service.name=app/db")],
+    );
+    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![db, near, far]);
+    // One pass: what it places for db counts for the services after it.
+    let hosts = live_hosts(&snap, 0, 10_000);
+    let p = place(&snap, &hosts, &Counters::default());
+    assert!(p.unplaceable.is_empty(), "{:?}", p.unplaceable);
+    apply(&mut snap, &p);
+    let again = place(&snap, &hosts, &p.counters);
+    assert!(again.create.is_empty() && again.remove.is_empty(), "stable");
+    let host_of = |svc: &str| snap.containers_of_service(svc).next().and_then(|c| c.host_uuid.clone());
+    assert_eq!(host_of("s-db").as_deref(), Some("h2"));
+    assert_eq!(host_of("s-near").as_deref(), Some("h2"));
+    assert_eq!(host_of("s-far").as_deref(), Some("h1"));
+}
+
+#[test]
+fn indexes_never_repeat_and_lost_hosts_are_replaced() {
+    let snap0 = snapshot(
+        vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])],
+        vec![service("s-web", "web", 2, &[])],
+    );
+    let mut snap = snap0;
+    let hosts = live_hosts(&snap, 0, 10_000);
+    let p = place(&snap, &hosts, &Counters::default());
+    apply(&mut snap, &p);
+    let first: Vec<u64> = p.create.iter().map(|c| c.create_index.unwrap()).collect();
+
+    // Steady state: nothing to do.
+    let again = place(&snap, &hosts, &p.counters);
+    assert!(again.create.is_empty() && again.remove.is_empty());
+
+    // host-2's heartbeat stops: its unit is removed and a new one starts on host-1 with new indexes.
+    let mut h2 = snap.host("h2").unwrap().as_ref().clone();
+    h2.heartbeat_ms = Some(1_000);
+    let r = h2.into_record();
+    snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
+    let live = live_hosts(&snap, 100_000, 10_000);
+    assert_eq!(live.iter().map(|h| h.uuid.as_str()).collect::<Vec<_>>(), ["h1"]);
+    let moved = place(&snap, &live, &p.counters);
+    assert_eq!(moved.remove.len(), 1);
+    assert_eq!(hosts_of(&moved, "s-web"), ["h1"]);
+    let new = &moved.create[0];
+    assert!(first.iter().all(|i| *i < new.create_index.unwrap()), "create_index never reused");
+    assert_eq!(new.name, "app-web-3", "service index never reused");
+
+    // Scale down to 1: the newest unit goes.
+    apply(&mut snap, &moved);
+    let mut web = snap.service("s-web").unwrap().as_ref().clone();
+    web.scale = Some(1);
+    let r = web.into_record();
+    snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
+    let down = place(&snap, &live, &moved.counters);
+    assert_eq!(down.remove, std::slice::from_ref(&new.uuid));
+}
+
+#[test]
+fn requested_ips_and_bad_ones() {
+    let ok = service("s-ok", "ok", 1, &[("io.rancher.container.requested_ip", "10.42.1.50")]);
+    let bad = service(
+        "s-bad",
+        "bad",
+        1,
+        &[("io.rancher.container.requested_ip", "192.168.9.9"), ("io.rancher.service.requested.host.id", "h1")],
+    );
+    let snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![ok, bad]);
+    let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+    assert_eq!(
+        p.create.iter().find(|c| c.service_uuid.as_deref() == Some("s-ok")).unwrap().primary_ip.as_deref(),
+        Some("10.42.1.50")
+    );
+    assert_eq!(
+        p.unplaceable["s-bad"],
+        "io.rancher.container.requested_ip=192.168.9.9 is not in host-1's subnet 10.42.1.0/24"
+    );
+    assert!(p.create.iter().all(|c| c.service_uuid.as_deref() != Some("s-bad")), "nothing half-placed");
+}
+
+#[test]
+fn no_hosts_is_a_reason_too() {
+    let snap = snapshot(vec![], vec![service("s-web", "web", 1, &[])]);
+    let p = place(&snap, &Vec::<Arc<Host>>::new(), &Counters::default());
+    assert_eq!(p.unplaceable["s-web"], "no host qualifies: no live hosts");
+}
