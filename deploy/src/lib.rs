@@ -3,6 +3,7 @@
 //! - [`yaml`]: YAML with line/column on every node;
 //! - [`interp`]: compose-style `$VAR` interpolation;
 //! - [`catalog`]: Rancher catalogs, templates, versions and questions;
+//! - [`controller`]: the controller loop: the lease, placement, writes;
 //! - [`compose`]: docker-compose.yml + rancher-compose.yml → services;
 //! - [`schedule`]: the controller's placement: units, hosts, names, addresses;
 //! - [`stackfile`]: loading and checking a whole stack, all-or-nothing;
@@ -16,6 +17,7 @@
 pub mod apply;
 pub mod catalog;
 pub mod compose;
+pub mod controller;
 pub mod history;
 pub mod interp;
 pub mod plan;

@@ -53,6 +53,19 @@ enum Command {
         #[arg(required = true)]
         targets: Vec<String>,
     },
+    /// Run the controller: places containers for every service (one active per environment; a
+    /// standby takes over when the active one's lease lapses). Runs until SIGTERM.
+    Controller {
+        /// How long the lease lasts without renewal (a standby takes over after it).
+        #[arg(long, env = "CORRAL_DEPLOY_LEASE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+        lease_ttl: std::time::Duration,
+        /// A host whose heartbeat is older than this has its containers placed elsewhere.
+        #[arg(long, env = "CORRAL_DEPLOY_HEARTBEAT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+        heartbeat_timeout: std::time::Duration,
+        /// This controller's name in the lease (default: host name and process id).
+        #[arg(long, env = "CORRAL_DEPLOY_HOLDER")]
+        holder: Option<String>,
+    },
     /// Browse a catalog (Rancher's layout: templates/<name>/config.yml, numbered versions).
     Catalog {
         #[command(subcommand)]
@@ -350,6 +363,44 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
     };
     match &cli.command {
         Command::Validate(_) | Command::Catalog { .. } => unreachable!("handled without NATS"),
+        Command::Controller { lease_ttl, heartbeat_timeout, holder } => {
+            let metrics = event_bus::runtime::metrics::Metrics::new();
+            let cache = event_bus::StateCache::start(&bus, &metrics).await?;
+            let (active_tx, active_rx) = tokio::sync::watch::channel(false);
+            let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+            metrics.register(
+                "corral_deploy_controller_active",
+                "1 while this controller holds the lease",
+                gauge.clone(),
+            );
+            let readiness = event_bus::runtime::admin::Readiness::new();
+            let c = cache.clone();
+            readiness.add("state cache", move || c.readiness());
+            let admin_addr = common.admin_addr.unwrap_or("127.0.0.1:9223".parse().expect("valid"));
+            let _admin = event_bus::runtime::admin::AdminServer::start(admin_addr, metrics, readiness).await?;
+            let settings = deploy::controller::Settings {
+                holder: holder.clone().unwrap_or_else(|| {
+                    format!(
+                        "{}-{}",
+                        std::env::var("HOSTNAME").unwrap_or_else(|_| "controller".into()),
+                        std::process::id()
+                    )
+                }),
+                lease_ttl: *lease_ttl,
+                heartbeat_timeout: *heartbeat_timeout,
+            };
+            tracing::info!(holder = %settings.holder, "controller starting");
+            let mut watch_active = active_rx.clone();
+            tokio::spawn(async move {
+                while watch_active.changed().await.is_ok() {
+                    gauge.set(*watch_active.borrow() as i64);
+                }
+            });
+            tokio::select! {
+                _ = deploy::controller::run(store.clone(), cache.clone(), settings, active_tx) => {}
+                _ = event_bus::runtime::shutdown::signal() => tracing::info!("controller stopping"),
+            }
+        }
         Command::Up { dry_run, .. } => {
             let d = desired.expect("loaded above");
             report(apply::run(&store, &history, &d.stack.name, Some(d), Scale::Keep, "up", *dry_run).await?);

@@ -10,6 +10,9 @@ pub struct ServiceRow {
     pub kind: String,
     pub scale: Option<u32>,
     pub state: String,
+    /// Why the controller could not place (all of) it, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unplaceable: Option<String>,
     pub containers: Vec<ContainerRow>,
 }
 
@@ -25,6 +28,7 @@ pub struct ContainerRow {
 /// Every service (of one stack, or all), ordered by stack and name, with its containers.
 pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
     let mut out = Vec::new();
+    let book = snap.lease(crate::controller::ROLE).map(|l| crate::controller::Book::of(l)).unwrap_or_default();
     let mut stacks: Vec<_> = snap.stacks().filter(|s| stack.is_none_or(|n| n == s.name)).collect();
     stacks.sort_by(|a, b| a.name.cmp(&b.name));
     for st in stacks {
@@ -42,6 +46,7 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
                     .unwrap_or_default(),
                 scale: svc.scale,
                 state: svc.state.clone(),
+                unplaceable: book.unplaceable.get(&svc.uuid).cloned(),
                 containers: containers
                     .iter()
                     .map(|c| ContainerRow {
@@ -68,6 +73,9 @@ pub fn table(rows: &[ServiceRow]) -> String {
     for r in rows {
         let scale = r.scale.map(|s| s.to_string()).unwrap_or_default();
         out.push_str(&format!("{:<20} {:<24} {:<20} {:>5} {:<10}\n", r.stack, r.service, r.kind, scale, r.state));
+        if let Some(why) = &r.unplaceable {
+            out.push_str(&format!("  cannot be placed: {why}\n"));
+        }
         for c in &r.containers {
             out.push_str(&format!("  {:<40} {:<12} {:<15} {:<10} {}\n", c.name, c.host, c.ip, c.state, c.health));
         }
