@@ -212,3 +212,75 @@ fn no_hosts_is_a_reason_too() {
     let p = place(&snap, &Vec::<Arc<Host>>::new(), &Counters::default());
     assert_eq!(p.unplaceable["s-web"], "no host qualifies: no live hosts");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// On any environment: every unit is on a live host that passes the service's hard
+        /// rules; no more units than wanted; global means one per host; addresses are in the
+        /// host's subnet and never shared on a host; names and create indexes are unique.
+        #[test]
+        fn placements_keep_the_rules(
+            hosts in proptest::collection::vec((0u8..3, any::<bool>()), 1..8),
+            services in proptest::collection::vec((0u32..6, 0u8..4, any::<bool>()), 1..10),
+        ) {
+            let hs: Vec<Host> = hosts.iter().enumerate()
+                .map(|(i, (zone, edge))| {
+                    let mut labels = vec![("zone", ["a", "b", "c"][*zone as usize])];
+                    if *edge { labels.push(("role", "edge")); }
+                    host(&format!("h{i}"), &format!("host-{i}"), i as u8 + 1, &labels)
+                })
+                .collect();
+            let ss: Vec<Service> = services.iter().enumerate()
+                .map(|(i, (scale, rule, global))| {
+                    let mut labels: Vec<(&str, &str)> = match rule {
+                        0 => vec![],
+                        1 => vec![("io.rancher.scheduler.affinity:host_label", "zone=a")],
+                        2 => vec![("io.rancher.scheduler.affinity:host_label_ne", "role=edge")],
+                        _ => vec![("io.rancher.scheduler.affinity:host_label_soft", "zone=b")],
+                    };
+                    if *global { labels.push(("io.rancher.scheduler.global", "true")); }
+                    service(&format!("s{i}"), &format!("svc{i}"), *scale, &labels)
+                })
+                .collect();
+            let snap = snapshot(hs.clone(), ss.clone());
+            let live = live_hosts(&snap, 0, 10_000);
+            let p = place(&snap, &live, &Counters::default());
+            let mut names = std::collections::BTreeSet::new();
+            let mut indexes = std::collections::BTreeSet::new();
+            let mut ips = std::collections::BTreeSet::new();
+            for c in &p.create {
+                prop_assert!(names.insert(c.name.clone()), "duplicate name {}", c.name);
+                prop_assert!(indexes.insert(c.create_index), "duplicate create index");
+                let h = hs.iter().find(|h| Some(&h.uuid) == c.host_uuid.as_ref()).unwrap();
+                let svc = ss.iter().find(|s| Some(&s.uuid) == c.service_uuid.as_ref()).unwrap();
+                let rule = svc.launch_config.labels.iter().find(|(k, _)| k.starts_with("io.rancher.scheduler.affinity:")).map(|(k, v)| (k.as_str(), v.as_str()));
+                match rule {
+                    Some(("io.rancher.scheduler.affinity:host_label", "zone=a")) => prop_assert_eq!(h.labels.get("zone").map(String::as_str), Some("a")),
+                    Some(("io.rancher.scheduler.affinity:host_label_ne", "role=edge")) => prop_assert!(!h.labels.contains_key("role")),
+                    _ => {}
+                }
+                let ip = c.primary_ip.clone().unwrap();
+                let third = h.subnet.as_ref().unwrap().split('.').nth(2).unwrap().to_string();
+                prop_assert_eq!(ip.split('.').nth(2).unwrap(), third.as_str());
+                prop_assert!(ips.insert(ip), "address shared");
+            }
+            for svc in &ss {
+                let placed: Vec<String> = hosts_of(&p, &svc.uuid);
+                let global = svc.launch_config.labels.contains_key("io.rancher.scheduler.global");
+                if global {
+                    let unique: std::collections::BTreeSet<_> = placed.iter().collect();
+                    prop_assert_eq!(unique.len(), placed.len(), "global: one per host");
+                } else {
+                    prop_assert!(placed.len() <= svc.scale.unwrap() as usize);
+                }
+                // Either fully placed, or a reason.
+                let wanted = if global { placed.len() } else { svc.scale.unwrap() as usize };
+                prop_assert!(placed.len() == wanted || p.unplaceable.contains_key(&svc.uuid));
+            }
+        }
+    }
+}
