@@ -678,13 +678,12 @@ fn pairs(v: &Node, at: &str, p: &mut Problems, env: bool) -> BTreeMap<String, St
             }
         }
         Value::Seq(_) => {
-            for (i, item) in strings(v, at, p).into_iter().enumerate() {
+            for item in strings(v, at, p) {
                 match item.split_once('=') {
                     Some((k, val)) => out.insert(k.to_string(), val.to_string()),
                     None if env => out.insert(item.clone(), std::env::var(&item).unwrap_or_default()),
                     None => out.insert(item.clone(), String::new()),
                 };
-                let _ = i;
             }
         }
         Value::Null => {}

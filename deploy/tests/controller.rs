@@ -83,7 +83,7 @@ async fn places_and_fails_over() {
     store.put(&nowhere).await.unwrap();
 
     let mut a = Some(controller(&url, "ctl-a"));
-    let _b = controller(&url, "ctl-b");
+    let mut b = Some(controller(&url, "ctl-b"));
     until(Duration::from_secs(20), "2 web containers", || async { containers_of(&store, "s-web").await.len() == 2 })
         .await;
     let names: std::collections::BTreeSet<String> =
@@ -109,7 +109,7 @@ async fn places_and_fails_over() {
     if holder == "ctl-a" {
         drop(a.take());
     } else {
-        drop(_b);
+        drop(b.take());
     }
     let mut web = store.get::<Service>("s-web").await.unwrap().unwrap().value;
     web.scale = Some(3);
@@ -126,5 +126,5 @@ async fn places_and_fails_over() {
     let names: std::collections::BTreeSet<String> =
         containers_of(&store, "s-web").await.into_iter().map(|c| c.name).collect();
     assert!(names.contains("app-web-3"), "{names:?}");
-    drop(a);
+    drop((a, b));
 }
