@@ -55,7 +55,7 @@ struct Held {
 }
 
 /// Takes or renews the lease. `None`: someone else holds it.
-async fn acquire(store: &StateStore, s: &Settings, held: Option<Held>) -> event_bus::Result<Option<Held>> {
+async fn acquire(store: &StateStore, s: &Settings) -> event_bus::Result<Option<Held>> {
     let current = store.get::<Lease>(ROLE).await?;
     match current {
         None => match store.create(&lease(&s.holder, s.lease_ttl, &Book::default())).await {
@@ -63,7 +63,9 @@ async fn acquire(store: &StateStore, s: &Settings, held: Option<Held>) -> event_
             Err(_) => Ok(None), // another controller created it first
         },
         Some(v) => {
-            let ours = v.value.holder == s.holder && held.as_ref().is_some_and(|h| h.revision == v.revision);
+            // Ours by name (holder names are unique per process): after an error this
+            // controller renews its own lease instead of waiting for it to lapse.
+            let ours = v.value.holder == s.holder;
             let expired = v.value.expires_at_ms < now_ms();
             if !ours && !expired {
                 return Ok(None);
@@ -87,12 +89,13 @@ async fn acquire(store: &StateStore, s: &Settings, held: Option<Held>) -> event_
 /// otherwise.
 pub async fn run(store: StateStore, cache: StateCache, s: Settings, active: tokio::sync::watch::Sender<bool>) {
     let mut held: Option<Held> = None;
+    let mut liveness = Liveness::default();
     let mut changes = cache.subscribe();
     let renew_every = s.lease_ttl / 3;
     let mut last_renew = std::time::Instant::now() - renew_every;
     loop {
         if held.is_none() || last_renew.elapsed() >= renew_every {
-            held = match acquire(&store, &s, held.take()).await {
+            held = match acquire(&store, &s).await {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(error = %e, "lease: NATS error; standing by");
@@ -104,7 +107,7 @@ pub async fn run(store: StateStore, cache: StateCache, s: Settings, active: toki
         }
         if let Some(h) = held.as_mut() {
             if cache.is_ready() {
-                match reconcile(&store, &cache, &s, h).await {
+                match reconcile(&store, &cache, &s, h, &mut liveness).await {
                     Ok(()) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "reconcile failed; the next pass retries");
@@ -119,9 +122,52 @@ pub async fn run(store: StateStore, cache: StateCache, s: Settings, active: toki
     }
 }
 
-async fn reconcile(store: &StateStore, cache: &StateCache, s: &Settings, held: &mut Held) -> event_bus::Result<()> {
+/// Which hosts are alive, judged by this controller's own clock: a host is dead when its
+/// heartbeat has not changed for `heartbeat_timeout` since this controller first saw it. So a
+/// NATS outage, a controller restart or clocks that disagree never make every host look dead.
+#[derive(Default)]
+struct Liveness {
+    seen: std::collections::HashMap<String, (Option<u64>, std::time::Instant)>,
+}
+
+impl Liveness {
+    fn live(&mut self, snap: &event_bus::Snapshot, timeout: Duration) -> Vec<std::sync::Arc<event_bus::model::Host>> {
+        let now = std::time::Instant::now();
+        let mut out: Vec<_> = live_hosts(snap, 0, u64::MAX)
+            .into_iter()
+            .filter(|h| {
+                let entry = self.seen.entry(h.uuid.clone()).or_insert((h.heartbeat_ms, now));
+                if entry.0 != h.heartbeat_ms {
+                    *entry = (h.heartbeat_ms, now);
+                }
+                h.heartbeat_ms.is_none() || now.duration_since(entry.1) <= timeout
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+/// Gives the lease up (on shutdown), so a standby takes over at once.
+pub async fn release(store: &StateStore, holder: &str) {
+    if let Ok(Some(v)) = store.get::<Lease>(ROLE).await {
+        if v.value.holder == holder {
+            let mut l = v.value.clone();
+            l.expires_at_ms = 0;
+            let _ = store.update(&l, v.revision).await;
+        }
+    }
+}
+
+async fn reconcile(
+    store: &StateStore,
+    cache: &StateCache,
+    s: &Settings,
+    held: &mut Held,
+    liveness: &mut Liveness,
+) -> event_bus::Result<()> {
     let snap = cache.snapshot();
-    let hosts = live_hosts(&snap, now_ms(), s.heartbeat_timeout.as_millis() as u64);
+    let hosts = liveness.live(&snap, s.heartbeat_timeout);
     let p = place(&snap, &hosts, &held.book.counters);
     let book = Book { counters: p.counters.clone(), unplaceable: p.unplaceable.clone() };
     if p.create.is_empty() && p.remove.is_empty() && book == held.book {
@@ -137,15 +183,17 @@ async fn reconcile(store: &StateStore, cache: &StateCache, s: &Settings, held: &
     held.book = book;
     let mut last = held.revision;
     for c in &p.create {
-        last = store.put::<Container>(c).await?;
+        // Create, not put: a record that exists already means another controller wrote it.
+        last = store.create::<Container>(c).await?;
     }
     for uuid in &p.remove {
         store.delete(&Key::new(Family::Container, uuid.as_str())?).await?;
         last = store.version().await?;
     }
     // The next pass must see these writes, or it would place the same units again.
-    if cache.version() < last && cache.wait_newer(last - 1, Duration::from_secs(10)).await.is_none() {
-        tracing::warn!(revision = last, "the state cache did not catch up with our own writes in 10 s");
+    // (Bounded by a third of the lease, so the lease is renewed in time even if it lags.)
+    if cache.version() < last && cache.wait_newer(last - 1, s.lease_ttl / 3).await.is_none() {
+        tracing::warn!(revision = last, "the state cache has not caught up with our own writes yet");
     }
     if !p.create.is_empty() || !p.remove.is_empty() {
         tracing::info!(created = p.create.len(), removed = p.remove.len(), "placed");

@@ -396,10 +396,12 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
                     gauge.set(*watch_active.borrow() as i64);
                 }
             });
+            let holder = settings.holder.clone();
             tokio::select! {
                 _ = deploy::controller::run(store.clone(), cache.clone(), settings, active_tx) => {}
                 _ = event_bus::runtime::shutdown::signal() => tracing::info!("controller stopping"),
             }
+            deploy::controller::release(&store, &holder).await;
         }
         Command::Up { dry_run, .. } => {
             let d = desired.expect("loaded above");

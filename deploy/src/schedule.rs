@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use event_bus::model::{Container, Extra, Host, LaunchConfig, Service, ServiceKind};
+use event_bus::model::{Container, Extra, Host, Service, ServiceKind};
 use event_bus::Snapshot;
 use serde::{Deserialize, Serialize};
 
@@ -70,14 +70,18 @@ struct Rule {
     soft: bool,
 }
 
+#[derive(Clone)]
 enum RuleKind {
     HostLabel,
     ContainerLabel,
     ContainerName,
 }
 
-fn rules(labels: &BTreeMap<String, String>) -> Vec<Rule> {
+/// The affinity rules of a launch config, one per value (Cattle makes each comma-separated value
+/// its own constraint, so they all apply), and the affinity keys it does not know.
+fn rules(labels: &BTreeMap<String, String>) -> (Vec<Rule>, Vec<String>) {
     let mut out = Vec::new();
+    let mut unknown = Vec::new();
     for (k, v) in labels {
         let Some(rule) = k.strip_prefix(AFFINITY) else { continue };
         let (base, negate, soft) = if let Some(b) = rule.strip_suffix("_soft_ne") {
@@ -93,12 +97,16 @@ fn rules(labels: &BTreeMap<String, String>) -> Vec<Rule> {
             "host_label" => RuleKind::HostLabel,
             "container_label" => RuleKind::ContainerLabel,
             "container" => RuleKind::ContainerName,
-            _ => continue,
+            _ => {
+                unknown.push(k.clone());
+                continue;
+            }
         };
-        let values = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-        out.push(Rule { key: k.clone(), kind, values, negate, soft });
+        for value in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            out.push(Rule { key: k.clone(), kind: kind.clone(), values: vec![value.to_string()], negate, soft });
+        }
     }
-    out
+    (out, unknown)
 }
 
 /// What runs on each host, for container rules and spreading.
@@ -152,9 +160,13 @@ fn units<'a>(snap: &'a Snapshot, svc: &'a Service) -> BTreeMap<u64, Vec<&'a Arc<
     out
 }
 
-/// Places every service of the snapshot on `hosts`.
+/// Places every service of the snapshot on `hosts` (the live ones).
+///
+/// Rules are applied when a unit is placed, as in Rancher: a unit that runs on a live host
+/// stays there (it is not moved because a label changed, and a service's rule against its own
+/// containers does not evict the unit the rule sees).
 pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Placement {
-    let mut out = Placement { counters: counters.clone(), ..Default::default() };
+    let mut out = Placement { counters: floor(snap, counters), ..Default::default() };
     // What runs where, including what this placement adds as it goes.
     let mut load: HashMap<String, HostLoad> = HashMap::new();
     let mut used_ips: HashMap<String, BTreeSet<Ipv4Addr>> = HashMap::new();
@@ -165,9 +177,8 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
         l.labels.push(Cow::Borrowed(&c.labels));
         l.names.insert(Cow::Borrowed(c.name.as_str()));
         l.total += 1;
-        if let Some(ip) = c.primary_ip.as_deref().and_then(|i| i.parse().ok()) {
-            used_ips.entry(h.to_string()).or_default().insert(ip);
-        }
+        let ips = c.primary_ip.iter().chain(c.ips.iter());
+        used_ips.entry(h.to_string()).or_default().extend(ips.filter_map(|i| i.parse::<Ipv4Addr>().ok()));
     }
     let host_ids: BTreeSet<&str> = hosts.iter().map(|h| h.uuid.as_str()).collect();
     let mut services: Vec<&Arc<Service>> = snap.services().collect();
@@ -178,51 +189,97 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
         }
         let Some(stack) = snap.stack(&svc.stack_uuid) else { continue };
         let labels = &svc.launch_config.labels;
-        let all_rules = rules(labels);
+        let (all_rules, unknown) = rules(labels);
+        if !unknown.is_empty() {
+            out.unplaceable.insert(
+                svc.uuid.clone(),
+                format!(
+                    "unknown affinity rule {} (host_label, container_label, container, with _ne, _soft, _soft_ne)",
+                    unknown.join(", ")
+                ),
+            );
+            continue;
+        }
         let requested = labels.get(REQUESTED_HOST);
         let global = labels.get(GLOBAL).is_some_and(|v| v == "true");
+        // Global services follow only the hard host-label rules (Rancher 1.6).
+        let hard: Vec<&Rule> =
+            all_rules.iter().filter(|r| !r.soft && (!global || matches!(r.kind, RuleKind::HostLabel))).collect();
+        let requested_ips: Vec<Ipv4Addr> = svc
+            .launch_config
+            .labels
+            .get(REQUESTED_IP)
+            .map(|v| v.split(',').filter_map(|ip| ip.trim().parse().ok()).collect())
+            .unwrap_or_default();
 
-        // Hosts that pass every hard rule, and why the others do not.
-        let mut eligible: Vec<&Arc<Host>> = Vec::new();
+        // Hosts that pass the rules that do not depend on what runs (requested host, subnet,
+        // host labels), and why the others do not.
+        let mut base: Vec<&Arc<Host>> = Vec::new();
         let mut why_not: Vec<String> = Vec::new();
         for h in hosts {
             if let Some(r) = requested.filter(|r| **r != h.uuid) {
                 why_not.push(format!("{}: not the requested host {r}", h.name));
                 continue;
             }
-            if h.subnet.as_deref().and_then(parse_subnet).is_none() {
+            let Some(subnet) = h.subnet.as_deref().and_then(parse_subnet) else {
                 why_not.push(format!("{}: no subnet to give addresses from", h.name));
                 continue;
+            };
+            if !requested_ips.is_empty() && !requested_ips.iter().any(|ip| usable_in(*ip, subnet)) {
+                why_not.push(format!(
+                    "{}: {REQUESTED_IP} is not an address of its subnet {}",
+                    h.name,
+                    h.subnet.as_deref().unwrap_or("")
+                ));
+                continue;
             }
-            let failed: Vec<&Rule> = all_rules.iter().filter(|r| !r.soft && !r.met(h, load.get(&h.uuid))).collect();
-            match failed.first() {
-                None => eligible.push(h),
+            match hard.iter().find(|r| matches!(r.kind, RuleKind::HostLabel) && !r.met(h, None)) {
+                None => base.push(h),
                 Some(r) => why_not.push(format!("{}: fails {}={}", h.name, r.key, r.values.join(","))),
             }
         }
-        let existing = units(snap, svc);
-        // Units to keep: on eligible hosts, up to the wanted count, oldest first.
-        let wanted = if global { eligible.len() } else { svc.scale.unwrap_or(1) as usize };
+
+        // Existing units: kept while their host is live, they are complete, and (beyond the
+        // wanted count, or a second one on a host for global) the oldest win.
+        let lcs: Vec<Option<&str>> = std::iter::once(None)
+            .chain(svc.secondary_launch_configs.iter().filter_map(|lc| lc.name.as_deref().map(Some)))
+            .collect();
+        let wanted_fixed = svc.scale.unwrap_or(1) as usize;
         let mut kept_hosts: Vec<String> = Vec::new();
-        let mut kept = 0;
-        for (_, containers) in existing.iter() {
+        for (_, containers) in units(snap, svc) {
             let host = containers.first().and_then(|c| c.host_uuid.clone()).unwrap_or_default();
-            let on_eligible = eligible.iter().any(|h| h.uuid == host);
-            let duplicate_global = global && kept_hosts.contains(&host);
-            if kept < wanted && on_eligible && !duplicate_global {
-                kept += 1;
+            // One container per launch config, the oldest; extras and stray configs go.
+            let mut by_lc: BTreeMap<Option<&str>, &Arc<Container>> = BTreeMap::new();
+            let mut sorted = containers.clone();
+            sorted.sort_by_key(|c| c.create_index);
+            for c in &sorted {
+                let lc = c.launch_config_name.as_deref().filter(|n| *n != svc.name);
+                if lcs.contains(&lc) && !by_lc.contains_key(&lc) && c.host_uuid.as_deref() == Some(&host) {
+                    by_lc.insert(lc, c);
+                } else {
+                    out.remove.push(c.uuid.clone());
+                }
+            }
+            let complete = lcs.iter().all(|lc| by_lc.contains_key(lc));
+            let live = host_ids.contains(host.as_str());
+            let room = if global {
+                !kept_hosts.contains(&host) && base.iter().any(|h| h.uuid == host)
+            } else {
+                kept_hosts.len() < wanted_fixed
+            };
+            if complete && live && room {
                 kept_hosts.push(host);
             } else {
-                out.remove.extend(containers.iter().map(|c| c.uuid.clone()));
+                out.remove.extend(by_lc.values().map(|c| c.uuid.clone()));
             }
         }
-        let missing = wanted.saturating_sub(kept);
-        if missing == 0 {
-            continue;
+
+        if global && base.is_empty() {
+            let reason = if why_not.is_empty() { "no live hosts".to_string() } else { why_not.join("; ") };
+            out.unplaceable.insert(svc.uuid.clone(), format!("global: no host qualifies: {reason}"));
         }
-        // Soft host-label rules do not change while this service is placed: count the misses
-        // once per host. (Soft container rules depend on what gets placed: counted per unit.)
-        let soft_host_missed: HashMap<&str, usize> = eligible
+        // New units, one at a time: the container rules see what this pass has placed.
+        let soft_host_missed: HashMap<&str, usize> = base
             .iter()
             .map(|h| {
                 let n = all_rules
@@ -233,10 +290,26 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
             })
             .collect();
         let soft_container_rules = all_rules.iter().any(|r| r.soft && !matches!(r.kind, RuleKind::HostLabel));
-        let mut placed = 0;
-        for _ in 0..missing {
-            // The best eligible host (for global: one without a unit yet): fewest soft rules
-            // missed, then fewest units of this service, then fewest containers, then name.
+        let container_hard: Vec<&Rule> =
+            hard.iter().copied().filter(|r| !matches!(r.kind, RuleKind::HostLabel)).collect();
+        loop {
+            let wanted = if global { base.len() } else { wanted_fixed };
+            if kept_hosts.len() >= wanted {
+                break;
+            }
+            let mut blocked = Vec::new();
+            let candidates: Vec<&Arc<Host>> = base
+                .iter()
+                .copied()
+                .filter(|h| !(global && kept_hosts.contains(&h.uuid)))
+                .filter(|h| match container_hard.iter().find(|r| !r.met(h, load.get(&h.uuid))) {
+                    None => true,
+                    Some(r) => {
+                        blocked.push(format!("{}: fails {}={}", h.name, r.key, r.values.join(",")));
+                        false
+                    }
+                })
+                .collect();
             let score = |h: &Host| -> (usize, usize, usize) {
                 let mut soft_missed = soft_host_missed.get(h.uuid.as_str()).copied().unwrap_or(0);
                 if soft_container_rules {
@@ -249,154 +322,188 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
                 let total = load.get(&h.uuid).map(|l| l.total).unwrap_or(0);
                 (soft_missed, mine, total)
             };
-            let best = eligible.iter().filter(|h| !(global && kept_hosts.contains(&h.uuid))).min_by_key(|h| score(h));
-            let Some(host) = best.copied() else { break };
-            let service_index = out.counters.next_service_index.entry(svc.uuid.clone()).or_insert(1);
-            let n = *service_index;
-            *service_index += 1;
-            let lcs: Vec<(Option<&str>, &LaunchConfig)> = std::iter::once((None, &svc.launch_config))
-                .chain(svc.secondary_launch_configs.iter().map(|lc| (lc.name.as_deref(), lc)))
-                .collect();
-            let mut unit_uuids: BTreeMap<String, String> = BTreeMap::new();
-            let mut unit: Vec<Container> = Vec::new();
-            for (lc_name, lc) in &lcs {
-                out.counters.next_create_index += 1;
-                let create_index = out.counters.next_create_index;
-                let name = match lc_name {
-                    None => format!("{}-{}-{n}", stack.name, svc.name),
-                    Some(sk) => format!("{}-{}-{sk}-{n}", stack.name, svc.name),
-                };
-                let uuid = format!("c{create_index}");
-                unit_uuids.insert(lc_name.unwrap_or(&svc.name).to_string(), uuid.clone());
-                let mut labels = lc.labels.clone();
-                labels.insert("io.rancher.stack.name".into(), stack.name.clone());
-                labels.insert("io.rancher.stack_service.name".into(), format!("{}/{}", stack.name, svc.name));
-                labels.insert(
-                    "io.rancher.service.launch.config".into(),
-                    lc_name.map(String::from).unwrap_or("io.rancher.service.primary.launch.config".into()),
+            let Some(host) = candidates.iter().copied().min_by_key(|h| score(h)) else {
+                let mut reasons = why_not.clone();
+                reasons.extend(blocked);
+                let reason = if reasons.is_empty() { "no live hosts".to_string() } else { reasons.join("; ") };
+                let placed = kept_hosts.len();
+                out.unplaceable.insert(
+                    svc.uuid.clone(),
+                    format!("{placed} of {wanted} units placed: no host qualifies: {reason}"),
                 );
-                labels.insert("io.rancher.container.uuid".into(), uuid.clone());
-                labels.insert("io.rancher.container.name".into(), name.clone());
-                unit.push(Container {
-                    uuid,
-                    name,
-                    service_uuid: Some(svc.uuid.clone()),
-                    stack_uuid: Some(stack.uuid.clone()),
-                    launch_config_name: lc_name.map(String::from),
-                    create_index: Some(create_index),
-                    service_index: Some(n.to_string()),
-                    host_uuid: Some(host.uuid.clone()),
-                    primary_ip: None,
-                    ips: vec![],
-                    primary_mac_address: None,
-                    hostname: lc.hostname.clone(),
-                    image: Some(lc.image.clone()),
-                    labels,
-                    ports: lc.ports.clone(),
-                    dns: lc.dns.clone(),
-                    dns_search: lc.dns_search.clone(),
-                    health_check: lc.health_check.clone(),
-                    memory_reservation: lc.memory_reservation,
-                    milli_cpu_reservation: lc.milli_cpu_reservation,
-                    network_uuid: None,
-                    network_from_container_uuid: None,
-                    links: BTreeMap::new(),
-                    desired_state: "running".into(),
-                    system: svc.system,
-                    environment_uuid: stack.environment_uuid.clone(),
-                    extra: Extra::new(),
-                });
-            }
-            // Addresses: sidekicks sharing a network get none of their own.
-            let subnet = host.subnet.as_deref().and_then(parse_subnet).expect("eligible hosts have one");
-            let used = used_ips.entry(host.uuid.clone()).or_default();
-            let mut failed = None;
-            for c in unit.iter_mut() {
-                let lc = lcs
-                    .iter()
-                    .find(|(n, _)| *n == c.launch_config_name.as_deref())
-                    .map(|(_, lc)| *lc)
-                    .expect("from lcs");
-                if let Some(target) = lc.network_mode.as_deref().and_then(|m| m.strip_prefix("container:")) {
-                    c.network_from_container_uuid = unit_uuids.get(target).cloned();
-                    continue;
-                }
-                if matches!(lc.network_mode.as_deref(), Some("host" | "none")) {
-                    continue;
-                }
-                let requested =
-                    c.labels.get(REQUESTED_IP).and_then(|v| v.split(',').next()).map(str::trim).map(String::from);
-                let ip = match requested {
-                    Some(r) => match r.parse::<Ipv4Addr>() {
-                        Ok(ip) if in_subnet(ip, subnet) && !used.contains(&ip) => Some(ip),
-                        Ok(ip) if in_subnet(ip, subnet) => free_ip(subnet, used),
-                        _ => {
-                            failed = Some(format!(
-                                "{REQUESTED_IP}={r} is not in {}'s subnet {}",
-                                host.name,
-                                host.subnet.as_deref().unwrap_or("")
-                            ));
-                            None
-                        }
-                    },
-                    None => free_ip(subnet, used),
-                };
-                match ip {
-                    Some(ip) => {
-                        used.insert(ip);
-                        c.primary_ip = Some(ip.to_string());
-                        c.ips = vec![ip.to_string()];
-                    }
-                    None if failed.is_none() => {
-                        failed = Some(format!(
-                            "{} has no free address left in {}",
-                            host.name,
-                            host.subnet.as_deref().unwrap_or("")
-                        ))
-                    }
-                    None => {}
-                }
-            }
-            if let Some(reason) = failed {
-                out.unplaceable.insert(svc.uuid.clone(), reason);
                 break;
-            }
-            let l = load.entry(host.uuid.clone()).or_insert_with(|| HostLoad {
-                labels: vec![],
-                names: BTreeSet::new(),
-                total: 0,
-            });
-            l.total += unit.len();
-            // What this pass places counts for the container rules of the services after it.
-            for c in &unit {
-                l.labels.push(Cow::Owned(c.labels.clone()));
-                l.names.insert(Cow::Owned(c.name.clone()));
-            }
-            kept_hosts.push(host.uuid.clone());
-            out.create.extend(unit);
-            placed += 1;
-        }
-        if placed < missing && !out.unplaceable.contains_key(&svc.uuid) {
-            let reason = if eligible.is_empty() {
-                format!(
-                    "no host qualifies: {}",
-                    if why_not.is_empty() { "no live hosts".to_string() } else { why_not.join("; ") }
-                )
-            } else {
-                format!("{placed} of {missing} missing units placed: every eligible host already runs one (global) ")
             };
-            out.unplaceable.insert(svc.uuid.clone(), reason.trim().to_string());
+            // Indexes are only taken for a unit that is placed whole.
+            let before = out.counters.clone();
+            match unit_on(
+                svc,
+                stack,
+                host,
+                &lcs,
+                &requested_ips,
+                &mut out.counters,
+                used_ips.entry(host.uuid.clone()).or_default(),
+            ) {
+                Ok(unit) => {
+                    let l = load.entry(host.uuid.clone()).or_insert_with(|| HostLoad {
+                        labels: vec![],
+                        names: BTreeSet::new(),
+                        total: 0,
+                    });
+                    l.total += unit.len();
+                    for c in &unit {
+                        l.labels.push(Cow::Owned(c.labels.clone()));
+                        l.names.insert(Cow::Owned(c.name.clone()));
+                    }
+                    kept_hosts.push(host.uuid.clone());
+                    out.create.extend(unit);
+                }
+                Err(reason) => {
+                    out.counters = before;
+                    out.unplaceable.insert(svc.uuid.clone(), reason);
+                    break;
+                }
+            }
         }
     }
-    // Containers of services that no longer exist, or on hosts that are gone.
+    // Containers of services or stacks that are gone or removed, and of hosts that are gone.
     for c in snap.containers().filter(|c| c.desired_state != "removed") {
-        let orphan = c.service_uuid.as_deref().is_some_and(|s| snap.service(s).is_none());
-        let lost = c.host_uuid.as_deref().is_some_and(|h| !host_ids.contains(h)) && c.service_uuid.is_some();
+        let svc = c.service_uuid.as_deref().map(|s| snap.service(s));
+        let orphan = match svc {
+            Some(None) => true,
+            Some(Some(s)) => s.state == "removed" || snap.stack(&s.stack_uuid).is_none(),
+            None => false,
+        };
+        let lost = c.service_uuid.is_some() && c.host_uuid.as_deref().is_some_and(|h| !host_ids.contains(h));
         if (orphan || lost) && !out.remove.contains(&c.uuid) {
             out.remove.push(c.uuid.clone());
         }
     }
     out
+}
+
+/// The counters, raised above every index the snapshot holds (a lost or reset book must never
+/// make an index come back).
+fn floor(snap: &Snapshot, counters: &Counters) -> Counters {
+    let mut out = counters.clone();
+    for c in snap.containers() {
+        if let Some(i) = c.create_index {
+            out.next_create_index = out.next_create_index.max(i);
+        }
+        if let (Some(svc), Some(i)) = (&c.service_uuid, c.service_index.as_deref().and_then(|i| i.parse::<u64>().ok()))
+        {
+            let next = out.next_service_index.entry(svc.clone()).or_insert(1);
+            *next = (*next).max(i + 1);
+        }
+    }
+    out
+}
+
+/// A unit (primary + sidekicks) on `host`, with names, indexes and addresses; `Err` (with the
+/// reason) when an address cannot be given.
+fn unit_on(
+    svc: &Service,
+    stack: &event_bus::model::Stack,
+    host: &Host,
+    lcs: &[Option<&str>],
+    requested_ips: &[Ipv4Addr],
+    counters: &mut Counters,
+    used: &mut BTreeSet<Ipv4Addr>,
+) -> Result<Vec<Container>, String> {
+    let subnet = host.subnet.as_deref().and_then(parse_subnet).ok_or_else(|| format!("{} has no subnet", host.name))?;
+    let service_index = counters.next_service_index.entry(svc.uuid.clone()).or_insert(1);
+    let n = *service_index;
+    *service_index += 1;
+    let mut unit: Vec<Container> = Vec::new();
+    let mut uuids: BTreeMap<String, String> = BTreeMap::new();
+    let mut taken: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for lc_name in lcs {
+        let lc = match lc_name {
+            None => &svc.launch_config,
+            Some(n) => {
+                svc.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(*n)).expect("from the service")
+            }
+        };
+        counters.next_create_index += 1;
+        let create_index = counters.next_create_index;
+        let name = match lc_name {
+            None => format!("{}-{}-{n}", stack.name, svc.name),
+            Some(sk) => format!("{}-{}-{sk}-{n}", stack.name, svc.name),
+        };
+        let uuid = format!("c{create_index}");
+        uuids.insert(lc_name.unwrap_or(&svc.name).to_string(), uuid.clone());
+        let mut labels = lc.labels.clone();
+        labels.insert("io.rancher.stack.name".into(), stack.name.clone());
+        labels.insert("io.rancher.stack_service.name".into(), format!("{}/{}", stack.name, svc.name));
+        labels.insert(
+            "io.rancher.service.launch.config".into(),
+            lc_name.map(String::from).unwrap_or("io.rancher.service.primary.launch.config".into()),
+        );
+        labels.insert("io.rancher.container.uuid".into(), uuid.clone());
+        labels.insert("io.rancher.container.name".into(), name.clone());
+        let mut c = Container {
+            uuid,
+            name,
+            service_uuid: Some(svc.uuid.clone()),
+            stack_uuid: Some(stack.uuid.clone()),
+            launch_config_name: lc_name.map(String::from),
+            create_index: Some(create_index),
+            service_index: Some(n.to_string()),
+            host_uuid: Some(host.uuid.clone()),
+            primary_ip: None,
+            ips: vec![],
+            primary_mac_address: None,
+            hostname: lc.hostname.clone(),
+            image: Some(lc.image.clone()),
+            labels,
+            ports: lc.ports.clone(),
+            dns: lc.dns.clone(),
+            dns_search: lc.dns_search.clone(),
+            health_check: lc.health_check.clone(),
+            memory_reservation: lc.memory_reservation,
+            milli_cpu_reservation: lc.milli_cpu_reservation,
+            network_uuid: None,
+            network_from_container_uuid: None,
+            links: BTreeMap::new(),
+            desired_state: "running".into(),
+            system: svc.system,
+            environment_uuid: stack.environment_uuid.clone(),
+            extra: Extra::new(),
+        };
+        match lc.network_mode.as_deref() {
+            Some(m) if m.starts_with("container:") => {}
+            Some("host" | "none") => {}
+            _ => {
+                let wish = if lc_name.is_none() { requested_ips } else { &[] };
+                let ip = wish
+                    .iter()
+                    .copied()
+                    .find(|ip| usable_in(*ip, subnet) && !used.contains(ip) && !taken.contains(ip))
+                    .or_else(|| free_ip(subnet, used, &taken))
+                    .ok_or_else(|| {
+                        format!("{} has no free address left in {}", host.name, host.subnet.as_deref().unwrap_or(""))
+                    })?;
+                taken.insert(ip);
+                c.primary_ip = Some(ip.to_string());
+                c.ips = vec![ip.to_string()];
+            }
+        }
+        unit.push(c);
+    }
+    // Sidekicks that share a network point at the unit's container of that name.
+    for c in unit.iter_mut() {
+        let lc = match c.launch_config_name.as_deref() {
+            None => &svc.launch_config,
+            Some(n) => {
+                svc.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(n)).expect("from the service")
+            }
+        };
+        if let Some(target) = lc.network_mode.as_deref().and_then(|m| m.strip_prefix("container:")) {
+            c.network_from_container_uuid = uuids.get(target).cloned();
+        }
+    }
+    used.extend(taken);
+    Ok(unit)
 }
 
 fn parse_subnet(s: &str) -> Option<(u32, u32)> {
@@ -407,12 +514,14 @@ fn parse_subnet(s: &str) -> Option<(u32, u32)> {
     Some((u32::from(ip) & mask, mask))
 }
 
-fn in_subnet(ip: Ipv4Addr, (net, mask): (u32, u32)) -> bool {
-    u32::from(ip) & mask == net
+/// Whether `ip` may be given in the subnet: not the network, the bridge (.1) or the broadcast.
+fn usable_in(ip: Ipv4Addr, (net, mask): (u32, u32)) -> bool {
+    let n = u32::from(ip);
+    n & mask == net && n != net && n != net + 1 && n != net | !mask
 }
 
 /// The lowest free address of the subnet, from .2 (.1 is the bridge), not the broadcast.
-fn free_ip((net, mask): (u32, u32), used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+fn free_ip((net, mask): (u32, u32), used: &BTreeSet<Ipv4Addr>, taken: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let last = net | !mask;
-    (net + 2..last).map(Ipv4Addr::from).find(|ip| !used.contains(ip))
+    (net + 2..last).map(Ipv4Addr::from).find(|ip| !used.contains(ip) && !taken.contains(ip))
 }

@@ -82,6 +82,11 @@ async fn places_and_fails_over() {
     nowhere.launch_config.labels.insert("io.rancher.scheduler.affinity:host_label".into(), "zone=mars".into());
     store.put(&nowhere).await.unwrap();
 
+    // A service whose requested address no host can give: a reason, and no churn.
+    let mut bad_ip = fixtures::service("s-badip", "st1", "badip");
+    bad_ip.launch_config.labels.insert("io.rancher.container.requested_ip".into(), "192.168.9.9".into());
+    store.put(&bad_ip).await.unwrap();
+
     let mut a = Some(controller(&url, "ctl-a"));
     let mut b = Some(controller(&url, "ctl-b"));
     until(Duration::from_secs(20), "2 web containers", || async { containers_of(&store, "s-web").await.len() == 2 })
@@ -102,6 +107,16 @@ async fn places_and_fails_over() {
         row["unplaceable"].as_str().unwrap().contains("fails io.rancher.scheduler.affinity:host_label=zone=mars"),
         "{row}"
     );
+
+    // Settled: the lease is only renewed (every third of its 2 s), not rewritten in a loop.
+    let lease_rev = |store: &StateStore| {
+        let store = store.clone();
+        async move { store.get::<Lease>("deploy-controller").await.unwrap().unwrap().revision }
+    };
+    let before = lease_rev(&store).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = lease_rev(&store).await - before;
+    assert!(writes <= 8, "{writes} lease writes in 2 s");
 
     // Kill the active one; the standby takes over and keeps placing.
     let holder = store.get::<Lease>("deploy-controller").await.unwrap().unwrap().value.holder;

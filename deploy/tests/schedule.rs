@@ -109,7 +109,7 @@ fn host_label_rules_and_reasons() {
     assert!(hosts_of(&p, "s-none").is_empty());
     assert_eq!(
         p.unplaceable["s-none"],
-        "no host qualifies: host-1: fails io.rancher.scheduler.affinity:host_label=zone=c; \
+        "0 of 1 units placed: no host qualifies: host-1: fails io.rancher.scheduler.affinity:host_label=zone=c; \
          host-2: fails io.rancher.scheduler.affinity:host_label=zone=c; \
          host-3: fails io.rancher.scheduler.affinity:host_label=zone=c"
     );
@@ -201,7 +201,7 @@ fn requested_ips_and_bad_ones() {
     );
     assert_eq!(
         p.unplaceable["s-bad"],
-        "io.rancher.container.requested_ip=192.168.9.9 is not in host-1's subnet 10.42.1.0/24"
+        "0 of 1 units placed: no host qualifies: host-1: io.rancher.container.requested_ip is not an address of its subnet 10.42.1.0/24"
     );
     assert!(p.create.iter().all(|c| c.service_uuid.as_deref() != Some("s-bad")), "nothing half-placed");
 }
@@ -210,7 +210,7 @@ fn requested_ips_and_bad_ones() {
 fn no_hosts_is_a_reason_too() {
     let snap = snapshot(vec![], vec![service("s-web", "web", 1, &[])]);
     let p = place(&snap, &Vec::<Arc<Host>>::new(), &Counters::default());
-    assert_eq!(p.unplaceable["s-web"], "no host qualifies: no live hosts");
+    assert_eq!(p.unplaceable["s-web"], "0 of 1 units placed: no host qualifies: no live hosts");
 }
 
 mod properties {
@@ -282,5 +282,113 @@ mod properties {
                 prop_assert!(placed.len() == wanted || p.unplaceable.contains_key(&svc.uuid));
             }
         }
+    }
+}
+
+mod review {
+    use super::*;
+
+    /// A requested address in another host's subnet sends the unit to that host; a bad one
+    /// leaves the counters where they were (no churn pass after pass).
+    #[test]
+    fn requested_ip_picks_the_host_and_failures_take_no_index() {
+        let svc = service("s-ip", "ip", 1, &[("io.rancher.container.requested_ip", "10.42.2.50")]);
+        let snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![svc]);
+        let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+        let c = &p.create[0];
+        assert_eq!((c.host_uuid.as_deref(), c.primary_ip.as_deref()), (Some("h2"), Some("10.42.2.50")));
+
+        let bad = service("s-bad", "bad", 1, &[("io.rancher.container.requested_ip", "10.42.1.1")]);
+        let snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![bad]);
+        let p1 = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+        let p2 = place(&snap, &live_hosts(&snap, 0, 10_000), &p1.counters);
+        assert!(p1.unplaceable.contains_key("s-bad"), "the bridge address .1 is not given");
+        assert_eq!(p1.counters, p2.counters, "no index taken by a failed placement");
+    }
+
+    /// One-per-host via a rule against the service's own containers is stable.
+    #[test]
+    fn self_anti_affinity_is_stable() {
+        let web = service(
+            "s-web",
+            "web",
+            2,
+            &[("io.rancher.scheduler.affinity:container_label_ne", "io.rancher.stack_service.name=app/web")],
+        );
+        let mut snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![web]);
+        let hosts = live_hosts(&snap, 0, 10_000);
+        let p = place(&snap, &hosts, &Counters::default());
+        assert_eq!(hosts_of(&p, "s-web"), ["h1", "h2"]);
+        apply(&mut snap, &p);
+        let again = place(&snap, &hosts, &p.counters);
+        assert!(again.create.is_empty() && again.remove.is_empty(), "{:?} {:?}", again.create, again.remove);
+        // Scale 3 on 2 hosts: the third unit has nowhere to go, and says so.
+        let mut web = snap.service("s-web").unwrap().as_ref().clone();
+        web.scale = Some(3);
+        let r = web.into_record();
+        snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
+        let third = place(&snap, &hosts, &p.counters);
+        assert!(third.create.is_empty());
+        assert!(third.unplaceable["s-web"].starts_with("2 of 3 units placed"), "{:?}", third.unplaceable);
+    }
+
+    /// A reset book cannot bring an index back.
+    #[test]
+    fn counters_never_go_below_what_exists() {
+        let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![service("s-web", "web", 1, &[])]);
+        let hosts = live_hosts(&snap, 0, 10_000);
+        let p = place(&snap, &hosts, &Counters::default());
+        apply(&mut snap, &p);
+        let mut web = snap.service("s-web").unwrap().as_ref().clone();
+        web.scale = Some(2);
+        let r = web.into_record();
+        snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
+        let q = place(&snap, &hosts, &Counters::default());
+        assert_eq!(q.create[0].name, "app-web-2");
+        assert_ne!(q.create[0].uuid, p.create[0].uuid);
+    }
+
+    /// Several values of a container rule all apply; an unknown rule is a reason.
+    #[test]
+    fn values_are_anded_and_unknown_rules_are_reported() {
+        let db = service("s-db", "db", 1, &[("io.rancher.service.requested.host.id", "h1")]);
+        let both = service(
+            "s-both",
+            "both",
+            1,
+            &[(
+                "io.rancher.scheduler.affinity:container_label",
+                "io.rancher.stack_service.name=app/db,io.rancher.stack_service.name=app/cache",
+            )],
+        );
+        let odd = service("s-odd", "odd", 1, &[("io.rancher.scheduler.affinity:host_lable", "a=b")]);
+        let snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![db, both, odd]);
+        let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+        assert!(hosts_of(&p, "s-both").is_empty(), "no host runs both db and cache");
+        assert!(p.unplaceable["s-odd"].starts_with("unknown affinity rule io.rancher.scheduler.affinity:host_lable"));
+    }
+
+    /// A unit whose primary is gone is replaced whole; a removed service's containers go.
+    #[test]
+    fn broken_units_and_removed_services() {
+        let mut web = service("s-web", "web", 1, &[]);
+        web.secondary_launch_configs =
+            vec![LaunchConfig { name: Some("log".into()), image: "busybox".into(), ..Default::default() }];
+        let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![web]);
+        let hosts = live_hosts(&snap, 0, 10_000);
+        let p = place(&snap, &hosts, &Counters::default());
+        apply(&mut snap, &p);
+        let primary = p.create.iter().find(|c| c.launch_config_name.is_none()).unwrap().uuid.clone();
+        snap.apply(&Key::new(event_bus::Family::Container, &primary).unwrap(), None);
+        let q = place(&snap, &hosts, &p.counters);
+        assert_eq!(q.remove.len(), 1, "the lone sidekick goes");
+        assert_eq!(q.create.len(), 2, "a whole new unit comes");
+        apply(&mut snap, &q);
+        let mut gone = snap.service("s-web").unwrap().as_ref().clone();
+        gone.state = "removed".into();
+        let r = gone.into_record();
+        snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
+        let z = place(&snap, &hosts, &q.counters);
+        assert_eq!(z.remove.len(), 2);
     }
 }
