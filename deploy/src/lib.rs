@@ -7,6 +7,7 @@
 //! - [`compose`]: docker-compose.yml + rancher-compose.yml → services;
 //! - [`schedule`]: the controller's placement: units, hosts, names, addresses;
 //! - [`stackfile`]: loading and checking a whole stack, all-or-nothing;
+//! - [`agent`]: the host agent: Docker does what the controller assigned;
 //! - [`apply`]: one change end to end, with the history's claim;
 //! - [`history`]: every applied revision, and the per-stack claim;
 //! - [`plan`]: the changes `up` makes, and applying them;
@@ -14,6 +15,7 @@
 //! - [`template`]: the Go-template subset of catalog `.tpl` files;
 //! - [`problem`]: errors that point into the user's files.
 
+pub mod agent;
 pub mod apply;
 pub mod catalog;
 pub mod compose;

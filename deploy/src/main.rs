@@ -66,6 +66,34 @@ enum Command {
         #[arg(long, env = "CORRAL_DEPLOY_HOLDER")]
         holder: Option<String>,
     },
+    /// Run the host agent: registers this host and makes the local Docker engine run the
+    /// containers the controller assigned to it. Runs until SIGTERM.
+    Agent {
+        /// This host's id in the state (default: the host name).
+        #[arg(long, env = "CORRAL_DEPLOY_HOST_UUID")]
+        host_uuid: Option<String>,
+        /// This host's name (default: the host name).
+        #[arg(long, env = "CORRAL_DEPLOY_HOST_NAME")]
+        host_name: Option<String>,
+        /// The address other hosts reach this one at.
+        #[arg(long, env = "CORRAL_DEPLOY_AGENT_IP", default_value = "127.0.0.1")]
+        agent_ip: String,
+        /// This host's slice of the managed network (e.g. 10.42.3.0/24).
+        #[arg(long, env = "CORRAL_DEPLOY_SUBNET")]
+        subnet: String,
+        /// Host labels for scheduling rules, `k=v` comma-separated.
+        #[arg(long, env = "CORRAL_DEPLOY_HOST_LABELS", value_delimiter = ',')]
+        labels: Vec<String>,
+        /// The Docker network to create for the subnet (default: corral-<host uuid>).
+        #[arg(long, env = "CORRAL_DEPLOY_NETWORK")]
+        network: Option<String>,
+        /// How often the host record's heartbeat is written.
+        #[arg(long, env = "CORRAL_DEPLOY_HEARTBEAT", default_value = "5s", value_parser = humantime::parse_duration)]
+        heartbeat: std::time::Duration,
+        /// DNS servers for containers (rancher-dns), comma-separated; default: Docker's.
+        #[arg(long, env = "CORRAL_DEPLOY_CONTAINER_DNS", value_delimiter = ',')]
+        container_dns: Vec<String>,
+    },
     /// Browse a catalog (Rancher's layout: templates/<name>/config.yml, numbered versions).
     Catalog {
         #[command(subcommand)]
@@ -363,6 +391,40 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
     };
     match &cli.command {
         Command::Validate(_) | Command::Catalog { .. } => unreachable!("handled without NATS"),
+        Command::Agent { host_uuid, host_name, agent_ip, subnet, labels, network, heartbeat, container_dns } => {
+            let default_name = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+            let host_uuid = host_uuid.clone().unwrap_or_else(|| default_name.clone());
+            let mut host_labels = event_bus::model::Labels::new();
+            for l in labels.iter().filter(|l| !l.is_empty()) {
+                let Some((k, v)) = l.split_once('=') else {
+                    eprintln!("--labels {l:?}: expected k=v");
+                    return Ok(ExitCode::from(2));
+                };
+                host_labels.insert(k.trim().into(), v.trim().into());
+            }
+            let settings = deploy::agent::Settings {
+                network: network.clone().unwrap_or_else(|| format!("corral-{host_uuid}")),
+                host_name: host_name.clone().unwrap_or_else(|| default_name.clone()),
+                host_uuid,
+                agent_ip: agent_ip.clone(),
+                labels: host_labels,
+                subnet: subnet.clone(),
+                heartbeat: *heartbeat,
+                dns: container_dns.clone(),
+            };
+            let docker = bollard::Docker::connect_with_local_defaults()?;
+            let metrics = event_bus::runtime::metrics::Metrics::new();
+            let cache = event_bus::StateCache::start(&bus, &metrics).await?;
+            let readiness = event_bus::runtime::admin::Readiness::new();
+            let c = cache.clone();
+            readiness.add("state cache", move || c.readiness());
+            let admin_addr = common.admin_addr.unwrap_or("127.0.0.1:9224".parse().expect("valid"));
+            let _admin = event_bus::runtime::admin::AdminServer::start(admin_addr, metrics, readiness).await?;
+            tokio::select! {
+                r = deploy::agent::run(docker, store.clone(), cache.clone(), settings) => r?,
+                _ = event_bus::runtime::shutdown::signal() => tracing::info!("agent stopping"),
+            }
+        }
         Command::Controller { lease_ttl, heartbeat_timeout, holder } => {
             let metrics = event_bus::runtime::metrics::Metrics::new();
             let cache = event_bus::StateCache::start(&bus, &metrics).await?;

@@ -1,0 +1,293 @@
+//! `deploy agent`: one per host. Registers the host (name, agent IP, labels, subnet) with a
+//! heartbeat, keeps a Docker bridge network for the host's subnet, and makes Docker run exactly
+//! the containers the controller assigned to this host: creates and starts the missing ones
+//! (with their address, labels, DNS settings), starts again those that stopped (unless
+//! `io.rancher.container.start_once`), removes the ones no longer assigned, and reports each
+//! one's observed state. It finds its containers by label, so a restarted agent adopts what
+//! runs instead of recreating it. Level-triggered: every state change and every second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig, NetworkCreateRequest,
+    NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use event_bus::model::{Container, ContainerStatus, Extra, Host, Labels, LaunchConfig};
+use event_bus::{StateCache, StateStore};
+
+use crate::history::now_ms;
+
+/// Label Docker containers carry to say which host's agent owns them.
+pub const OWNER: &str = "io.corral.agent.host";
+pub const UUID: &str = "io.rancher.container.uuid";
+const START_ONCE: &str = "io.rancher.container.start_once";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host_uuid: String,
+    pub host_name: String,
+    pub agent_ip: String,
+    pub labels: Labels,
+    /// This host's slice of the managed network, e.g. `10.42.3.0/24`.
+    pub subnet: String,
+    /// The Docker network made for it.
+    pub network: String,
+    pub heartbeat: Duration,
+    /// DNS servers given to containers (rancher-dns); none: Docker's default.
+    pub dns: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error("Docker: {0}")]
+    Docker(#[from] bollard::errors::Error),
+    #[error(transparent)]
+    State(#[from] event_bus::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The gateway of a subnet (`.1`), which the bridge takes.
+fn gateway(subnet: &str) -> Result<String, AgentError> {
+    let (ip, _) = subnet
+        .split_once('/')
+        .ok_or_else(|| AgentError::Config(format!("--subnet {subnet:?}: expected a.b.c.d/len")))?;
+    let ip: std::net::Ipv4Addr =
+        ip.parse().map_err(|_| AgentError::Config(format!("--subnet {subnet:?}: expected a.b.c.d/len")))?;
+    Ok(std::net::Ipv4Addr::from(u32::from(ip) + 1).to_string())
+}
+
+/// Creates the host's bridge network unless it exists.
+pub async fn ensure_network(docker: &Docker, s: &Settings) -> Result<(), AgentError> {
+    if docker.inspect_network(&s.network, None).await.is_ok() {
+        return Ok(());
+    }
+    let gw = gateway(&s.subnet)?;
+    docker
+        .create_network(NetworkCreateRequest {
+            name: s.network.clone(),
+            driver: Some("bridge".into()),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(s.subnet.clone()),
+                    gateway: Some(gw),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            labels: Some(HashMap::from([(OWNER.to_string(), s.host_uuid.clone())])),
+            ..Default::default()
+        })
+        .await?;
+    tracing::info!(network = %s.network, subnet = %s.subnet, "created the host's network");
+    Ok(())
+}
+
+/// Writes the host record with a fresh heartbeat.
+pub async fn heartbeat(store: &StateStore, s: &Settings) -> Result<(), AgentError> {
+    let host = Host {
+        uuid: s.host_uuid.clone(),
+        name: s.host_name.clone(),
+        hostname: s.host_name.clone(),
+        agent_ip: s.agent_ip.clone(),
+        labels: s.labels.clone(),
+        state: "active".into(),
+        agent_state: "active".into(),
+        memory: None,
+        milli_cpu: None,
+        local_storage_mb: None,
+        environment_uuid: String::new(),
+        subnet: Some(s.subnet.clone()),
+        heartbeat_ms: Some(now_ms()),
+        extra: Extra::new(),
+    };
+    store.put(&host).await?;
+    Ok(())
+}
+
+/// One Docker container this agent owns, as listed.
+struct Running {
+    id: String,
+    running: bool,
+}
+
+/// Brings Docker in line with the containers assigned to this host, and reports their state.
+pub async fn reconcile(
+    docker: &Docker,
+    store: &StateStore,
+    cache: &StateCache,
+    s: &Settings,
+) -> Result<(), AgentError> {
+    let snap = cache.snapshot();
+    let assigned: BTreeMap<String, &std::sync::Arc<Container>> = snap
+        .containers_on_host(&s.host_uuid)
+        .filter(|c| c.desired_state != "removed")
+        .map(|c| (c.uuid.clone(), c))
+        .collect();
+    let filters = HashMap::from([("label".to_string(), vec![format!("{OWNER}={}", s.host_uuid)])]);
+    let listed =
+        docker.list_containers(Some(ListContainersOptionsBuilder::new().all(true).filters(&filters).build())).await?;
+    let mut ours: HashMap<String, Running> = HashMap::new();
+    for c in listed {
+        let Some(uuid) = c.labels.as_ref().and_then(|l| l.get(UUID)).cloned() else { continue };
+        let running = matches!(c.state, Some(bollard::models::ContainerSummaryStateEnum::RUNNING));
+        ours.insert(uuid, Running { id: c.id.unwrap_or_default(), running });
+    }
+    // Gone from the assignment: remove.
+    for (uuid, r) in &ours {
+        if !assigned.contains_key(uuid) {
+            docker.remove_container(&r.id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await?;
+            tracing::info!(container = %uuid, "removed (no longer assigned here)");
+        }
+    }
+    // Primaries before the sidekicks that join their network.
+    let mut order: Vec<&std::sync::Arc<Container>> = assigned.values().copied().collect();
+    order.sort_by_key(|c| (c.network_from_container_uuid.is_some(), c.create_index));
+    for c in order {
+        let status = snap.status(&c.uuid);
+        let start_count = status.map(|st| st.start_count).unwrap_or(0);
+        let (id, started) = match ours.get(&c.uuid) {
+            Some(r) if r.running => (r.id.clone(), false),
+            Some(r) => {
+                let info = docker.inspect_container(&r.id, None).await?;
+                let exit = info.state.as_ref().and_then(|st| st.exit_code).unwrap_or(0);
+                let once = c.labels.get(START_ONCE).is_some_and(|v| v == "true");
+                if once && exit == 0 && start_count > 0 {
+                    report(store, &snap, c, &r.id, "stopped", start_count, Some(exit), s).await?;
+                    continue;
+                }
+                docker.start_container(&r.id, None).await?;
+                tracing::info!(container = %c.name, exit, "started again");
+                (r.id.clone(), true)
+            }
+            None => {
+                let id = create(docker, &snap, c, s).await?;
+                docker.start_container(&id, None).await?;
+                tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
+                (id, true)
+            }
+        };
+        let count = if started { start_count + 1 } else { start_count.max(1) };
+        report(store, &snap, c, &id, "running", count, None, s).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    store: &StateStore,
+    snap: &event_bus::Snapshot,
+    c: &Container,
+    id: &str,
+    state: &str,
+    start_count: u64,
+    exit_code: Option<i64>,
+    s: &Settings,
+) -> Result<(), AgentError> {
+    let new = ContainerStatus {
+        uuid: c.uuid.clone(),
+        host_uuid: s.host_uuid.clone(),
+        state: state.into(),
+        external_id: Some(id.to_string()),
+        start_count,
+        exit_code,
+        error: None,
+        extra: Extra::new(),
+    };
+    if snap.status(&c.uuid).map(|st| st.as_ref()) != Some(&new) {
+        store.put(&new).await?;
+    }
+    Ok(())
+}
+
+fn launch_config<'a>(snap: &'a event_bus::Snapshot, c: &Container) -> Option<&'a LaunchConfig> {
+    let svc = snap.service(c.service_uuid.as_deref()?)?;
+    Some(match c.launch_config_name.as_deref().filter(|n| *n != svc.name) {
+        Some(n) => svc.secondary_launch_configs.iter().find(|l| l.name.as_deref() == Some(n))?,
+        None => &svc.launch_config,
+    })
+}
+
+async fn create(
+    docker: &Docker,
+    snap: &event_bus::Snapshot,
+    c: &Container,
+    s: &Settings,
+) -> Result<String, AgentError> {
+    let lc = launch_config(snap, c);
+    let mut labels: HashMap<String, String> = c.labels.clone().into_iter().collect();
+    labels.insert(OWNER.into(), s.host_uuid.clone());
+    labels.insert(UUID.into(), c.uuid.clone());
+    let env: Vec<String> =
+        lc.map(|l| l.environment.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
+    let (network_mode, networking) = match (&c.network_from_container_uuid, lc.and_then(|l| l.network_mode.as_deref()))
+    {
+        (Some(target), _) => {
+            let name = snap.container(target).map(|t| t.name.clone()).unwrap_or_default();
+            (format!("container:{name}"), None)
+        }
+        (None, Some(m @ ("host" | "none"))) => (m.to_string(), None),
+        _ => {
+            let endpoint = EndpointSettings {
+                ipam_config: Some(EndpointIpamConfig { ipv4_address: c.primary_ip.clone(), ..Default::default() }),
+                ..Default::default()
+            };
+            (
+                s.network.clone(),
+                Some(NetworkingConfig { endpoints_config: Some(HashMap::from([(s.network.clone(), endpoint)])) }),
+            )
+        }
+    };
+    let own_network = network_mode == s.network;
+    let body = ContainerCreateBody {
+        image: c.image.clone(),
+        cmd: lc.map(|l| l.command.clone()).filter(|v| !v.is_empty()),
+        entrypoint: lc.map(|l| l.entry_point.clone()).filter(|v| !v.is_empty()),
+        env: Some(env),
+        labels: Some(labels),
+        hostname: if own_network { Some(c.hostname.clone().unwrap_or_else(|| c.name.clone())) } else { None },
+        host_config: Some(HostConfig {
+            network_mode: Some(network_mode),
+            dns: if own_network && !s.dns.is_empty() { Some(s.dns.clone()) } else { None },
+            dns_search: if own_network && !c.dns_search.is_empty() { Some(c.dns_search.clone()) } else { None },
+            binds: lc
+                .map(|l| l.volumes.iter().filter(|v| v.contains(':')).cloned().collect::<Vec<_>>())
+                .filter(|v| !v.is_empty()),
+            ..Default::default()
+        }),
+        networking_config: networking,
+        ..Default::default()
+    };
+    // A container left from an earlier agent under the same name but not ours: an error the
+    // operator must see, not something to delete.
+    let created =
+        docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&c.name).build()), body).await?;
+    Ok(created.id)
+}
+
+/// Runs until the process ends: heartbeat and reconcile.
+pub async fn run(docker: Docker, store: StateStore, cache: StateCache, s: Settings) -> Result<(), AgentError> {
+    ensure_network(&docker, &s).await?;
+    let mut changes = cache.subscribe();
+    let mut last_beat = std::time::Instant::now() - s.heartbeat;
+    loop {
+        if last_beat.elapsed() >= s.heartbeat {
+            match heartbeat(&store, &s).await {
+                Ok(()) => last_beat = std::time::Instant::now(),
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+            }
+        }
+        if cache.is_ready() {
+            if let Err(e) = reconcile(&docker, &store, &cache, &s).await {
+                tracing::warn!(error = %e, "reconcile failed; the next pass retries");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+    }
+}

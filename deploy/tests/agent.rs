@@ -1,0 +1,187 @@
+//! End to end on the real Docker engine: `deploy up`, the controller places, the agent runs the
+//! containers with their names, labels and addresses, restarts one that is killed, and removes
+//! them on `deploy rm`. Needs Docker and the image `scripts/test-image` builds.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use event_bus::model::{Container, ContainerStatus};
+use event_bus::testkit::{free_port, NatsServer};
+use event_bus::{provision, Bus, Family, NatsOptions, Provision, StateStore};
+
+const IMAGE: &str = "corral-test/busybox:1";
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Removes what the test made in Docker, even when it fails.
+struct DockerCleanup {
+    host: String,
+    network: String,
+}
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=io.corral.agent.host={}", self.host)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
+            .unwrap_or_default();
+        if !ids.is_empty() {
+            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+        }
+        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn deploy_bin(args: &[&str], url: &str) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy")).args(args).env("CORRAL_NATS_URL", url).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+async fn statuses(store: &StateStore) -> Vec<(Container, Option<ContainerStatus>)> {
+    let mut out = Vec::new();
+    for key in store.keys(Some(Family::Container)).await.unwrap() {
+        if let Some(c) = store.get::<Container>(&key.id).await.unwrap() {
+            let st = store.get::<ContainerStatus>(&key.id).await.unwrap().map(|v| v.value);
+            out.push((c.value, st));
+        }
+    }
+    out
+}
+
+async fn until<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_run_on_docker() {
+    assert!(
+        Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success()).unwrap_or(false),
+        "image {IMAGE} missing: run scripts/test-image (needs Docker and busybox-static; scripts/setup does both)"
+    );
+    let pid = std::process::id();
+    let host = format!("h{pid}");
+    let network = format!("corral-test-{pid}");
+    let third = 100 + pid % 100;
+    let _cleanup = DockerCleanup { host: host.clone(), network: network.clone() };
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let bus = Bus::connect(&NatsOptions::new(url.clone()), "default", Duration::from_secs(10)).await.unwrap();
+    let store = provision(&bus, &Provision::default()).await.unwrap();
+
+    let _controller = Proc(
+        Command::new(env!("CARGO_BIN_EXE_deploy"))
+            .args(["controller", "--lease-ttl", "2s", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("CORRAL_NATS_URL", &url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let _agent = Proc(
+        Command::new(env!("CARGO_BIN_EXE_deploy"))
+            .args(["agent", "--host-uuid", &host, "--host-name", &host, "--subnet", &format!("10.42.{third}.0/24")])
+            .args(["--network", &network, "--heartbeat", "1s", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
+            .env("CORRAL_NATS_URL", &url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("docker-compose.yml");
+    let stack = format!("e2e{pid}");
+    std::fs::write(
+        &f,
+        format!(
+            "version: '2'\nservices:\n  web:\n    image: {IMAGE}\n    command: /bin/httpd -f -p 8080 -h /www\n    environment: {{MODE: test}}\n    labels:\n      io.rancher.sidekicks: side\n  side:\n    image: {IMAGE}\n    command: /bin/sleep 3600\n    network_mode: container:web\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("rancher-compose.yml"), "version: '2'\nservices:\n  web:\n    scale: 2\n").unwrap();
+    let (code, _, err) = deploy_bin(&["up", "-f", f.to_str().unwrap(), "-p", &stack], &url);
+    assert_eq!(code, 0, "{err}");
+
+    // Four containers (2 web + 2 sidekicks), all running on Docker.
+    let started = until(Duration::from_secs(60), "4 running containers", || async {
+        let s = statuses(&store).await;
+        s.len() == 4 && s.iter().all(|(_, st)| st.as_ref().is_some_and(|st| st.state == "running"))
+    })
+    .await;
+    eprintln!("stack running {started:?} after deploy up");
+    for (c, _) in statuses(&store).await {
+        let name = &c.name;
+        assert_eq!(docker(&["inspect", "-f", "{{.State.Running}}", name]), "true", "{name}");
+        assert_eq!(
+            docker(&["inspect", "-f", "{{index .Config.Labels \"io.rancher.stack_service.name\"}}", name]),
+            format!("{stack}/web")
+        );
+        match c.launch_config_name.as_deref() {
+            None => {
+                let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name]);
+                assert_eq!(Some(ip), c.primary_ip, "{name}: Docker's address is the state's");
+                assert!(docker(&["inspect", "-f", "{{range .Config.Env}}{{.}} {{end}}", name]).contains("MODE=test"));
+            }
+            Some("side") => {
+                let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", name]);
+                assert!(mode.starts_with("container:"), "{name}: {mode}");
+            }
+            other => panic!("unexpected launch config {other:?}"),
+        }
+    }
+    let (_, ps, _) = deploy_bin(&["ps", &stack], &url);
+    assert_eq!(ps.matches("running").count(), 4, "{ps}");
+
+    // Killed: running again, with a new start count, within 5 s.
+    let web1 = format!("{stack}-web-1");
+    docker(&["kill", &web1]);
+    let back =
+        until(Duration::from_secs(5), "killed container running again", || async {
+            statuses(&store).await.iter().any(|(c, st)| {
+                c.name == web1 && st.as_ref().is_some_and(|st| st.state == "running" && st.start_count >= 2)
+            }) && docker(&["inspect", "-f", "{{.State.Running}}", &web1]) == "true"
+        })
+        .await;
+    eprintln!("killed container running again after {back:?}");
+
+    // Removed with the stack.
+    let (code, _, err) = deploy_bin(&["rm", &stack], &url);
+    assert_eq!(code, 0, "{err}");
+    until(Duration::from_secs(20), "containers removed from Docker", || async {
+        docker(&["ps", "-aq", "--filter", &format!("label=io.corral.agent.host={host}")]).is_empty()
+    })
+    .await;
+}
