@@ -94,7 +94,18 @@ async fn stacks_run_on_docker() {
     let pid = std::process::id();
     let host = format!("h{pid}");
     let network = format!("corral-test-{pid}");
-    let third = 100 + pid % 100;
+    // A /24 no Docker network uses yet.
+    let taken = docker(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", "bridge", "host"]);
+    let all_nets = docker(&["network", "ls", "-q"]);
+    let mut used = taken;
+    for id in all_nets.split_whitespace() {
+        used.push(' ');
+        used.push_str(&docker(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", id]));
+    }
+    let third = (0..100)
+        .map(|i| 100 + (pid + i) % 100)
+        .find(|t| !used.contains(&format!("10.42.{t}.0/24")))
+        .expect("a free /24");
     let _cleanup = DockerCleanup { host: host.clone(), network: network.clone() };
     let nats = NatsServer::start();
     let url = nats.url();
@@ -110,16 +121,26 @@ async fn stacks_run_on_docker() {
             .spawn()
             .unwrap(),
     );
-    let _agent = Proc(
-        Command::new(env!("CARGO_BIN_EXE_deploy"))
-            .args(["agent", "--host-uuid", &host, "--host-name", &host, "--subnet", &format!("10.42.{third}.0/24")])
-            .args(["--network", &network, "--heartbeat", "1s", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("CORRAL_NATS_URL", &url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
+    let agent = || {
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_deploy"))
+                .args(["agent", "--host-uuid", &host, "--host-name", &host, "--subnet", &format!("10.42.{third}.0/24")])
+                .args([
+                    "--network",
+                    &network,
+                    "--heartbeat",
+                    "1s",
+                    "--admin-addr",
+                    &format!("127.0.0.1:{}", free_port()),
+                ])
+                .env("CORRAL_NATS_URL", &url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut running_agent = Some(agent());
 
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("docker-compose.yml");
@@ -177,6 +198,16 @@ async fn stacks_run_on_docker() {
         .await;
     eprintln!("killed container running again after {back:?}");
 
+    // A restarted agent adopts what runs: same Docker containers, not restarted.
+    let ids = || docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=io.corral.agent.host={host}")]);
+    let before: std::collections::BTreeSet<String> = ids().split_whitespace().map(String::from).collect();
+    drop(running_agent.take());
+    running_agent = Some(agent());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: std::collections::BTreeSet<String> = ids().split_whitespace().map(String::from).collect();
+    assert_eq!(before, after, "the restarted agent kept the running containers");
+    assert_eq!(before.len(), 4);
+
     // Removed with the stack.
     let (code, _, err) = deploy_bin(&["rm", &stack], &url);
     assert_eq!(code, 0, "{err}");
@@ -184,4 +215,5 @@ async fn stacks_run_on_docker() {
         docker(&["ps", "-aq", "--filter", &format!("label=io.corral.agent.host={host}")]).is_empty()
     })
     .await;
+    drop(running_agent);
 }

@@ -242,6 +242,12 @@ pub async fn bind(
     handler: Handler,
     udp_sockets: usize,
 ) -> std::io::Result<(Server<Handler>, SocketAddr)> {
+    // SO_REUSEPORT would let us join a port another process already serves, and share its
+    // questions with it without a word: make sure the port is free first.
+    let addr = {
+        let probe = std::net::UdpSocket::bind(addr)?;
+        probe.local_addr()?
+    };
     let first = udp_socket(addr)?;
     let local = first.local_addr()?;
     let mut sockets = vec![first];

@@ -267,3 +267,19 @@ fn help_documents_every_flag_with_its_environment_variable() {
     }
     assert!(help.contains("nats://127.0.0.1:4222"));
 }
+
+#[test]
+fn a_port_in_use_is_an_error_not_a_shared_port() {
+    // Another process's socket on the port (with SO_REUSEPORT, as BIND's and our own are).
+    let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rancher-dns"))
+        .args(["--answers", &answers(dir.path(), "10.42.0.5"), "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-addr", "127.0.0.1:0", "--resolv-conf", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("listening on 127.0.0.1:{port}")) && err.contains("in use"), "{err}");
+}

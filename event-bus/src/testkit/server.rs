@@ -13,7 +13,23 @@ pub fn find_nats_server() -> Result<PathBuf, String> {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding 127.0.0.1:0")
+    // Free for TCP and UDP (DNS servers use both), and never handed out twice by this process:
+    // tests running in parallel must not end up sharing a port (a UDP server with
+    // SO_REUSEPORT would join another's silently).
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding 127.0.0.1:0");
+        let mut given = GIVEN.lock().expect("free_port lock");
+        if given.contains(&port) || std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.insert(port);
+        return port;
+    }
 }
 
 /// One real nats-server with JetStream on 127.0.0.1, its store in a temp dir. Killed on drop.
