@@ -123,6 +123,7 @@ pub async fn reconcile(
     store: &StateStore,
     cache: &StateCache,
     s: &Settings,
+    reported: &mut std::collections::BTreeSet<String>,
 ) -> Result<(), AgentError> {
     let snap = cache.snapshot();
     let assigned: BTreeMap<String, &std::sync::Arc<Container>> = snap
@@ -146,6 +147,14 @@ pub async fn reconcile(
             tracing::info!(container = %uuid, "removed (no longer assigned here)");
         }
     }
+    // Status records this agent wrote for containers no longer assigned: ours to clean up.
+    let stale: Vec<String> = reported.iter().filter(|u| !assigned.contains_key(*u)).cloned().collect();
+    for uuid in stale {
+        if snap.status(&uuid).is_some() {
+            store.delete(&event_bus::Key::new(event_bus::Family::Status, uuid.as_str())?).await?;
+        }
+        reported.remove(&uuid);
+    }
     // Primaries before the sidekicks that join their network.
     let mut order: Vec<&std::sync::Arc<Container>> = assigned.values().copied().collect();
     order.sort_by_key(|c| (c.network_from_container_uuid.is_some(), c.create_index));
@@ -160,12 +169,23 @@ pub async fn reconcile(
                 let once = c.labels.get(START_ONCE).is_some_and(|v| v == "true");
                 if once && exit == 0 && start_count > 0 {
                     report(store, &snap, c, &r.id, "stopped", start_count, Some(exit), s).await?;
+                    reported.insert(c.uuid.clone());
                     continue;
                 }
                 docker.start_container(&r.id, None).await?;
                 tracing::info!(container = %c.name, exit, "started again");
                 (r.id.clone(), true)
             }
+            // Created before and gone from Docker (`docker rm`): say so; the controller
+            // replaces the unit with a new one (new create index), as Rancher did.
+            None if status.is_some_and(|st| st.external_id.is_some() && st.state != "removed") => {
+                let id = status.and_then(|st| st.external_id.clone()).unwrap_or_default();
+                report(store, &snap, c, &id, "removed", start_count, None, s).await?;
+                reported.insert(c.uuid.clone());
+                tracing::info!(container = %c.name, "removed from Docker behind our back; reported");
+                continue;
+            }
+            None if status.is_some_and(|st| st.state == "removed") => continue,
             None => {
                 let id = create(docker, &snap, c, s).await?;
                 docker.start_container(&id, None).await?;
@@ -175,6 +195,7 @@ pub async fn reconcile(
         };
         let count = if started { start_count + 1 } else { start_count.max(1) };
         report(store, &snap, c, &id, "running", count, None, s).await?;
+        reported.insert(c.uuid.clone());
     }
     Ok(())
 }
@@ -276,6 +297,7 @@ pub async fn run(docker: Docker, store: StateStore, cache: StateCache, s: Settin
     ensure_network(&docker, &s).await?;
     let mut changes = cache.subscribe();
     let mut last_beat = std::time::Instant::now() - s.heartbeat;
+    let mut reported = std::collections::BTreeSet::new();
     loop {
         if last_beat.elapsed() >= s.heartbeat {
             match heartbeat(&store, &s).await {
@@ -284,7 +306,7 @@ pub async fn run(docker: Docker, store: StateStore, cache: StateCache, s: Settin
             }
         }
         if cache.is_ready() {
-            if let Err(e) = reconcile(&docker, &store, &cache, &s).await {
+            if let Err(e) = reconcile(&docker, &store, &cache, &s, &mut reported).await {
                 tracing::warn!(error = %e, "reconcile failed; the next pass retries");
             }
         }

@@ -260,7 +260,9 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
                     out.remove.push(c.uuid.clone());
                 }
             }
-            let complete = lcs.iter().all(|lc| by_lc.contains_key(lc));
+            // A member the agent reports gone from Docker breaks the unit: it is replaced whole.
+            let complete = lcs.iter().all(|lc| by_lc.contains_key(lc))
+                && !by_lc.values().any(|c| snap.status(&c.uuid).is_some_and(|st| st.state == "removed"));
             let live = host_ids.contains(host.as_str());
             let room = if global {
                 !kept_hosts.contains(&host) && base.iter().any(|h| h.uuid == host)

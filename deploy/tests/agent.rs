@@ -198,6 +198,21 @@ async fn stacks_run_on_docker() {
         .await;
     eprintln!("killed container running again after {back:?}");
 
+    // Removed behind our back: the unit is replaced by a new one, with new indexes.
+    let web2 = format!("{stack}-web-2");
+    docker(&["rm", "-f", &web2]);
+    let replaced = until(Duration::from_secs(15), "a new unit replaces the removed one", || async {
+        let s = statuses(&store).await;
+        let names: Vec<&str> = s.iter().map(|(c, _)| c.name.as_str()).collect();
+        !names.contains(&web2.as_str())
+            && s.len() == 4
+            && s.iter().all(|(_, st)| st.as_ref().is_some_and(|st| st.state == "running"))
+    })
+    .await;
+    let names: std::collections::BTreeSet<String> = statuses(&store).await.into_iter().map(|(c, _)| c.name).collect();
+    assert!(names.contains(&format!("{stack}-web-3")), "{names:?}");
+    eprintln!("removed container replaced by a new unit after {replaced:?}");
+
     // A restarted agent adopts what runs: same Docker containers, not restarted.
     let ids = || docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=io.corral.agent.host={host}")]);
     let before: std::collections::BTreeSet<String> = ids().split_whitespace().map(String::from).collect();
@@ -213,6 +228,11 @@ async fn stacks_run_on_docker() {
     assert_eq!(code, 0, "{err}");
     until(Duration::from_secs(20), "containers removed from Docker", || async {
         docker(&["ps", "-aq", "--filter", &format!("label=io.corral.agent.host={host}")]).is_empty()
+    })
+    .await;
+    // …and the agent cleaned up the status records it wrote.
+    until(Duration::from_secs(10), "status records removed", || async {
+        store.keys(Some(Family::Status)).await.unwrap().is_empty()
     })
     .await;
     drop(running_agent);
