@@ -125,13 +125,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => {
             source::load_answers(&shared, path, args.ttl)?;
             let (s, path, ttl) = (shared.clone(), path.clone(), args.ttl);
-            tokio::spawn(async move {
-                let mut hup =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
-                while hup.recv().await.is_some() {
-                    if let Err(e) = source::load_answers(&s, &path, ttl) {
-                        tracing::error!(error = %e, "reload failed; still serving the previous answers");
-                    }
+            shutdown::on_hangup(move || {
+                if let Err(e) = source::load_answers(&s, &path, ttl) {
+                    tracing::error!(error = %e, "reload failed; still serving the previous answers");
                 }
             });
             None
@@ -146,15 +142,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let cache = StateCache::start(&bus, &metrics).await?;
             let c = cache.clone();
             readiness.add("state cache", move || c.readiness());
-            tokio::spawn(async move {
-                // A reload signal must not end the process (its default action): with NATS the
-                // answers follow the state by themselves.
-                let mut hup =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
-                while hup.recv().await.is_some() {
-                    tracing::info!("SIGHUP: nothing to reload, answers follow the state in NATS");
-                }
-            });
+            // With NATS the answers follow the state by themselves: nothing to reload.
+            shutdown::on_hangup(|| tracing::info!("SIGHUP: nothing to reload, answers follow the state in NATS"));
             let cfg = NamingConfig { ttl: args.ttl, metadata_answer: args.rancher_metadata_answer.clone() };
             tokio::spawn(source::follow_cache(shared.clone(), cache.clone(), cfg));
             Some(cache)

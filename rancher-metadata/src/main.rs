@@ -44,13 +44,9 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => {
             source::load_answers(&app, path).map_err(anyhow::Error::msg)?;
             let (app2, path2) = (app.clone(), path.clone());
-            tokio::spawn(async move {
-                let mut hup =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
-                while hup.recv().await.is_some() {
-                    if let Err(e) = source::load_answers(&app2, &path2) {
-                        tracing::error!(error = %e, "reload failed; still serving the previous answers");
-                    }
+            shutdown::on_hangup(move || {
+                if let Err(e) = source::load_answers(&app2, &path2) {
+                    tracing::error!(error = %e, "reload failed; still serving the previous answers");
                 }
             });
             None

@@ -10,3 +10,16 @@ pub async fn signal() {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
 }
+
+/// Calls `on_hup` on every SIGHUP, from a task of its own. Installing it also keeps SIGHUP's
+/// default action (ending the process) from applying, so every long-running binary installs
+/// one, if only to log that there is nothing to reload.
+pub fn on_hangup(mut on_hup: impl FnMut() + Send + 'static) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            on_hup();
+        }
+    });
+}
