@@ -52,6 +52,8 @@ async fn main() -> anyhow::Result<()> {
             None
         }
         None => {
+            // SIGHUP would end the process; with NATS there is nothing to reload.
+            shutdown::on_hangup(|| tracing::info!("SIGHUP: nothing to reload, answers follow the state in NATS"));
             let bus = Bus::connect(
                 &args.common.nats.options("rancher-metadata"),
                 &args.common.env,
