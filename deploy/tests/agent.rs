@@ -2,29 +2,18 @@
 //! containers with their names, labels and addresses, restarts one that is killed, and removes
 //! them on `deploy rm`. Needs Docker and the image `scripts/test-image` builds.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use common::{deploy, until};
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use event_bus::model::{Container, ContainerStatus};
-use event_bus::testkit::{free_port, NatsServer};
+use event_bus::testkit::{free_port, NatsServer, Terminate};
 use event_bus::{provision, Bus, Family, NatsOptions, Provision, StateStore};
 
 const IMAGE: &str = "corral-test/busybox:1";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        for _ in 0..50 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Removes what the test made in Docker, even when it fails.
 struct DockerCleanup {
@@ -50,15 +39,6 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn deploy_bin(args: &[&str], url: &str) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_deploy")).args(args).env("CORRAL_NATS_URL", url).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
-
 async fn statuses(store: &StateStore) -> Vec<(Container, Option<ContainerStatus>)> {
     let mut out = Vec::new();
     for key in store.keys(Some(Family::Container)).await.unwrap() {
@@ -68,21 +48,6 @@ async fn statuses(store: &StateStore) -> Vec<(Container, Option<ContainerStatus>
         }
     }
     out
-}
-
-async fn until<F: std::future::Future<Output = bool>>(
-    limit: Duration,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +77,7 @@ async fn stacks_run_on_docker() {
     let bus = Bus::connect(&NatsOptions::new(url.clone()), "default", Duration::from_secs(10)).await.unwrap();
     let store = provision(&bus, &Provision::default()).await.unwrap();
 
-    let _controller = Proc(
+    let _controller = Terminate(
         Command::new(env!("CARGO_BIN_EXE_deploy"))
             .args(["controller", "--lease-ttl", "2s", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
             .env("CORRAL_NATS_URL", &url)
@@ -122,7 +87,7 @@ async fn stacks_run_on_docker() {
             .unwrap(),
     );
     let agent = || {
-        Proc(
+        Terminate(
             Command::new(env!("CARGO_BIN_EXE_deploy"))
                 .args(["agent", "--host-uuid", &host, "--host-name", &host, "--subnet", &format!("10.42.{third}.0/24")])
                 .args([
@@ -153,7 +118,7 @@ async fn stacks_run_on_docker() {
     )
     .unwrap();
     std::fs::write(dir.path().join("rancher-compose.yml"), "version: '2'\nservices:\n  web:\n    scale: 2\n").unwrap();
-    let (code, _, err) = deploy_bin(&["up", "-f", f.to_str().unwrap(), "-p", &stack], &url);
+    let (code, _, err) = deploy(&["up", "-f", f.to_str().unwrap(), "-p", &stack], &url);
     assert_eq!(code, 0, "{err}");
 
     // Four containers (2 web + 2 sidekicks), all running on Docker.
@@ -183,7 +148,7 @@ async fn stacks_run_on_docker() {
             other => panic!("unexpected launch config {other:?}"),
         }
     }
-    let (_, ps, _) = deploy_bin(&["ps", &stack], &url);
+    let (_, ps, _) = deploy(&["ps", &stack], &url);
     assert_eq!(ps.matches("running").count(), 4, "{ps}");
 
     // Killed: running again, with a new start count, within 5 s.
@@ -224,7 +189,7 @@ async fn stacks_run_on_docker() {
     assert_eq!(before.len(), 4);
 
     // Removed with the stack.
-    let (code, _, err) = deploy_bin(&["rm", &stack], &url);
+    let (code, _, err) = deploy(&["rm", &stack], &url);
     assert_eq!(code, 0, "{err}");
     until(Duration::from_secs(20), "containers removed from Docker", || async {
         docker(&["ps", "-aq", "--filter", &format!("label=io.corral.agent.host={host}")]).is_empty()

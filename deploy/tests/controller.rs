@@ -1,6 +1,10 @@
 //! `deploy controller` as an operator runs it: two of them against one NATS, the active one
 //! places containers, the standby takes over within 10 s when the active one is killed.
 
+mod common;
+
+use common::until;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -8,6 +12,7 @@ use event_bus::model::{Container, Lease, Service};
 use event_bus::testkit::{fixtures, free_port, NatsServer};
 use event_bus::{provision, Bus, Family, NatsOptions, Provision, StateStore};
 
+/// Killed with SIGKILL on drop: the active controller must die without giving its lease up.
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -46,21 +51,6 @@ async fn containers_of(store: &StateStore, service: &str) -> Vec<Container> {
         }
     }
     out
-}
-
-async fn until<F: std::future::Future<Output = bool>>(
-    limit: Duration,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f().await {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

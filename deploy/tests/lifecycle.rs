@@ -1,21 +1,15 @@
 //! A stack's life through the CLI against a real nats-server: scale, history, rollback (byte for
 //! byte), rm and back, ps, inspect, and two concurrent `up`s of different versions.
 
-use std::process::Command;
+mod common;
+
+use common::deploy;
+
 use std::time::Duration;
 
 use event_bus::model::{Service, Stack};
 use event_bus::testkit::{fixtures, NatsServer};
 use event_bus::{provision, Bus, NatsOptions, Provision, StateStore};
-
-fn deploy(args: &[&str], nats_url: &str) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_deploy")).args(args).env("CORRAL_NATS_URL", nats_url).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
 
 async fn raw(store: &StateStore, id: &str) -> Option<Vec<u8>> {
     let key = event_bus::Key::new(event_bus::Family::Service, id).unwrap();

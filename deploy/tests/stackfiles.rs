@@ -1,9 +1,12 @@
 //! Stack files → desired state: real-world-shaped files produce the expected services; broken
 //! files produce exactly the expected errors, and `deploy up` writes nothing for them.
 
+mod common;
+
+use common::deploy;
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use deploy::stackfile::{load, Desired, Input};
@@ -258,20 +261,6 @@ async fn broken_files_report_every_problem_with_its_position() {
         assert!(err.contains(first), "{compose:?}: {err}");
     }
     assert_eq!(store.version().await.unwrap(), before, "no broken file wrote anything");
-}
-
-fn deploy(args: &[&str], nats_url: &str) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_deploy"))
-        .args(args)
-        .env("CORRAL_NATS_URL", nats_url)
-        .env("CORRAL_NATS_CONNECT_TIMEOUT", "3s")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

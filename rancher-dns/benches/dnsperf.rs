@@ -18,11 +18,11 @@
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use event_bus::testkit::fixtures::{self, EnvironmentShape};
-use event_bus::testkit::{free_port, NatsServer};
+use event_bus::testkit::{free_port, NatsServer, Terminate};
 use event_bus::{provision, Bus, Document, NatsOptions, Provision, Record};
 use futures::StreamExt;
 use hickory_proto::op::{Message, Query};
@@ -31,21 +31,6 @@ use hickory_proto::rr::{Name, RData, RecordType};
 const CALLER: &str = "127.0.5.2";
 const QUERIES: usize = 100_000;
 const FULL_SPEED_SECS: &str = "20";
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        for _ in 0..40 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn need(tool: &str, package: &str) {
     let found = Command::new("sh").arg("-c").arg(format!("command -v {tool} || test -x /usr/sbin/{tool}")).status();
@@ -179,7 +164,7 @@ fn main() {
     });
 
     let (port, admin) = (free_port(), free_port());
-    let ours = Kill(
+    let ours = Terminate(
         Command::new(env!("CARGO_BIN_EXE_rancher-dns"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--log", "warn", "--resolv-conf", "/dev/null"])
@@ -196,7 +181,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let loaded_rss = rss_mb(ours.0.id());
+    let loaded_rss = rss_mb(ours.id());
 
     // The query file, and the answers each name gets from us (BIND's zone is made of them).
     let mut zone: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -248,7 +233,7 @@ fn main() {
     )
     .unwrap();
     let named_bin = if std::path::Path::new("/usr/sbin/named").exists() { "/usr/sbin/named" } else { "named" };
-    let bind = Kill(
+    let bind = Terminate(
         Command::new(named_bin)
             .args(["-g", "-c", &format!("{d}/named.conf")])
             .stdout(Stdio::null())
@@ -278,7 +263,7 @@ fn main() {
     println!("| server | QPS | sent | completed | lost | kernel UDP buffer drops | mean latency | peak RSS |");
     println!("|---|---|---|---|---|---|---|---|");
     let mut results = Vec::new();
-    let servers = [("rancher-dns", port, ours.0.id()), ("BIND 9 (reference)", bind_port, bind.0.id())];
+    let servers = [("rancher-dns", port, ours.id()), ("BIND 9 (reference)", bind_port, bind.id())];
     for (label, p, pid) in if quick { &servers[..0] } else { &servers[..] } {
         let (label, p, pid) = (*label, *p, *pid);
         let drops = udp_rcvbuf_errors();
@@ -369,7 +354,7 @@ fn main() {
     }
     println!(
         "rancher-dns RSS: {loaded_rss:.1} MB once loaded, {:.1} MB at the end, {:.1} MB peak",
-        rss_mb(ours.0.id()),
-        peak_rss_mb(ours.0.id())
+        rss_mb(ours.id()),
+        peak_rss_mb(ours.id())
     );
 }

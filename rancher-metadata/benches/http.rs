@@ -10,32 +10,15 @@
 //! Needs `wrk` and `nginx` (Debian: wrk, nginx-light); `scripts/bench/metadata` installs them.
 //! Run: `cargo bench -p rancher-metadata --bench http`.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use event_bus::testkit::{fixtures::EnvironmentShape, free_port, NatsServer};
+use event_bus::testkit::{fixtures::EnvironmentShape, free_port, NatsServer, Terminate};
 use event_bus::{provision, Bus, NatsOptions, Provision, Record};
 use futures::StreamExt;
 
 const WAITERS: usize = 10_000;
 const ROUNDS: usize = 5;
-
-/// Stops a child on drop: SIGTERM first (nginx's master then stops its workers; SIGKILL would
-/// orphan them), SIGKILL if it is still there after a second.
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        for _ in 0..20 {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn need(tool: &str, package: &str) {
     if Command::new("sh")
@@ -111,7 +94,7 @@ fn main() {
     });
 
     let (port, admin) = (free_port(), free_port());
-    let server = Kill(
+    let server = Terminate(
         Command::new(env!("CARGO_BIN_EXE_rancher-metadata"))
             .args([
                 "--listen",
@@ -134,7 +117,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let rss_loaded = rss_now_mb(server.0.id());
+    let rss_loaded = rss_now_mb(server.id());
 
     // nginx serving the same bytes.
     let dir = tempfile::tempdir().unwrap();
@@ -159,7 +142,7 @@ fn main() {
         ),
     )
     .unwrap();
-    let _nginx = Kill(
+    let _nginx = Terminate(
         Command::new("nginx").args(["-c", conf.to_str().unwrap(), "-p", dir.path().to_str().unwrap()]).spawn().unwrap(),
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -178,8 +161,8 @@ fn main() {
     }
     println!(
         "rancher-metadata RSS: {rss_loaded:.1} MB loaded and idle, {:.1} MB now, {:.1} MB peak under wrk",
-        rss_now_mb(server.0.id()),
-        rss_mb(server.0.id())
+        rss_now_mb(server.id()),
+        rss_mb(server.id())
     );
 
     // Propagation to 10,000 long-polls.

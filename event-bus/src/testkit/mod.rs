@@ -3,7 +3,11 @@
 
 pub mod fixtures;
 #[cfg(feature = "testkit")]
+mod process;
+#[cfg(feature = "testkit")]
 mod server;
 
+#[cfg(feature = "testkit")]
+pub use process::Terminate;
 #[cfg(feature = "testkit")]
 pub use server::{find_nats_server, free_port, NatsCluster, NatsServer};

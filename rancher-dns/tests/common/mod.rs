@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use event_bus::testkit::free_port;
+use event_bus::testkit::{free_port, Terminate};
 
 /// Finds a system tool or fails with what to install (a missing tool is a failure, not a skip).
 pub fn tool(name: &str, package: &str) -> PathBuf {
@@ -20,24 +20,9 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
 }
 
 pub struct Dns {
-    child: Child,
+    child: Terminate,
     pub port: u16,
     pub admin: u16,
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Dns {
@@ -72,7 +57,7 @@ impl Dns {
         if let Some(url) = nats_url {
             cmd.env("CORRAL_NATS_URL", url);
         }
-        let dns = Dns { child: cmd.spawn().expect("start rancher-dns"), port, admin };
+        let dns = Dns { child: Terminate(cmd.spawn().expect("start rancher-dns")), port, admin };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_status(admin, "/readyz") != 200 {
             assert!(Instant::now() < deadline, "rancher-dns never became ready");
@@ -198,16 +183,9 @@ pub fn parse_dig(raw: &str) -> Dig {
 
 /// A real BIND 9 `named`, authoritative (no recursion) on a loopback port, for upstream tests.
 pub struct Named {
-    child: Child,
+    child: Terminate,
     pub port: u16,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Named {
@@ -254,7 +232,7 @@ zone "." {{ type primary; file "{d}/root.zone"; }};
             .stderr(Stdio::null())
             .spawn()
             .expect("start named");
-        let n = Named { child, port, _dir: dir };
+        let n = Named { child: Terminate(child), port, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let d = dig(port, "127.0.0.1", &["ns.test"]);
