@@ -48,10 +48,17 @@ fn lease(holder: &str, ttl: Duration, book: &Book) -> Lease {
     Lease { role: ROLE.into(), holder: holder.into(), expires_at_ms: now_ms() + ttl.as_millis() as u64, extra }
 }
 
+type HostKey = (String, event_bus::model::Labels, Option<String>);
+
 /// Holding the lease: its revision and the book as last written.
 struct Held {
     revision: u64,
     book: Book,
+    /// What the last settled pass placed from: the snapshot and the live hosts (with the labels
+    /// and subnet placement reads). While neither changes in what placement reads, a pass
+    /// would place the same, so it is skipped: placement is the expensive part, and the loop
+    /// runs every second (lease renewals and heartbeats alone change the snapshot's version).
+    last_input: Option<(std::sync::Arc<event_bus::Snapshot>, Vec<HostKey>)>,
 }
 
 /// Takes or renews the lease. `None`: someone else holds it.
@@ -59,7 +66,7 @@ async fn acquire(store: &StateStore, s: &Settings) -> event_bus::Result<Option<H
     let current = store.get::<Lease>(ROLE).await?;
     match current {
         None => match store.create(&lease(&s.holder, s.lease_ttl, &Book::default())).await {
-            Ok(revision) => Ok(Some(Held { revision, book: Book::default() })),
+            Ok(revision) => Ok(Some(Held { revision, book: Book::default(), last_input: None })),
             Err(_) => Ok(None), // another controller created it first
         },
         Some(v) => {
@@ -77,7 +84,7 @@ async fn acquire(store: &StateStore, s: &Settings) -> event_bus::Result<Option<H
                     if !ours {
                         tracing::info!(previous = %v.value.holder, "took over the controller lease");
                     }
-                    Ok(Some(Held { revision, book }))
+                    Ok(Some(Held { revision, book, last_input: None }))
                 }
                 Err(_) => Ok(None),
             }
@@ -168,9 +175,17 @@ async fn reconcile(
 ) -> event_bus::Result<()> {
     let snap = cache.snapshot();
     let hosts = liveness.live(&snap, s.heartbeat_timeout);
+    let host_keys: Vec<HostKey> = hosts.iter().map(|h| (h.uuid.clone(), h.labels.clone(), h.subnet.clone())).collect();
+    if let Some((old, keys)) = &held.last_input {
+        use event_bus::Family as F;
+        if *keys == host_keys && !snap.differs_from(old, &[F::Stack, F::Service, F::Container, F::Status]) {
+            return Ok(());
+        }
+    }
     let p = place(&snap, &hosts, &held.book.counters);
     let book = Book { counters: p.counters.clone(), unplaceable: p.unplaceable.clone() };
     if p.create.is_empty() && p.remove.is_empty() && book == held.book {
+        held.last_input = Some((snap.clone(), host_keys));
         return Ok(());
     }
     for (svc, why) in &p.unplaceable {
