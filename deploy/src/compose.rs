@@ -289,7 +289,19 @@ fn service(name: &str, def: &Node, stack: &str, path: &str, base_dir: &std::path
                     }
                 }
             }
-            "dns" => lc.dns = strings(v, &at, p),
+            "dns" => {
+                // rancher-dns would skip an entry that is not an address: say so here instead.
+                lc.dns = strings(v, &at, p);
+                for (i, d) in lc.dns.iter().enumerate() {
+                    if d.parse::<IpAddr>().is_err() && d.parse::<std::net::SocketAddr>().is_err() {
+                        p.add(
+                            item_pos(v, i),
+                            &format!("{at}[{i}]"),
+                            format!("{d:?}: expected an IP address, optionally with :port"),
+                        );
+                    }
+                }
+            }
             "dns_search" => lc.dns_search = strings(v, &at, p),
             "network_mode" | "net" => lc.network_mode = string(v, &at, p),
             "volumes" => lc.volumes = strings(v, &at, p),

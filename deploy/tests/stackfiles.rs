@@ -221,6 +221,7 @@ async fn broken_files_report_every_problem_with_its_position() {
             r#"docker-compose.yml:5:14: web.mem_limit: expected a size such as 512m, found "lots""#,
             "docker-compose.yml:6:12: web.ulimits: expected a map, found 5",
         ]),
+        ("web:\n  image: a\n  dns: [10.0.0.2, resolver.local]\n", None, vec![r#"docker-compose.yml:3:19: web.dns[1]: "resolver.local": expected an IP address, optionally with :port"#]),
         // Every problem at once, across both files, in file order.
         (
             "web:\n  image: a\n  imagee: b\n  ports: [\"0\"]\n",
