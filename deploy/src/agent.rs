@@ -91,22 +91,10 @@ pub async fn ensure_network(docker: &Docker, s: &Settings) -> Result<(), AgentEr
 
 /// Writes the host record with a fresh heartbeat.
 pub async fn heartbeat(store: &StateStore, s: &Settings) -> Result<(), AgentError> {
-    let host = Host {
-        uuid: s.host_uuid.clone(),
-        name: s.host_name.clone(),
-        hostname: s.host_name.clone(),
-        agent_ip: s.agent_ip.clone(),
-        labels: s.labels.clone(),
-        state: "active".into(),
-        agent_state: "active".into(),
-        memory: None,
-        milli_cpu: None,
-        local_storage_mb: None,
-        environment_uuid: String::new(),
-        subnet: Some(s.subnet.clone()),
-        heartbeat_ms: Some(now_ms()),
-        extra: Extra::new(),
-    };
+    let mut host = Host::new(&s.host_uuid, &s.host_name, &s.agent_ip);
+    host.labels = s.labels.clone();
+    host.subnet = Some(s.subnet.clone());
+    host.heartbeat_ms = Some(now_ms());
     store.put(&host).await?;
     Ok(())
 }

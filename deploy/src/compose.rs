@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
-use event_bus::model::{Extra, HealthCheck, LaunchConfig, LbConfig, Service, ServiceKind, Stack};
+use event_bus::model::{HealthCheck, LbConfig, Service, ServiceKind, Stack};
 use serde_json::{json, Value as Json};
 
 use crate::problem::Problems;
@@ -150,15 +150,7 @@ pub fn service_id(stack: &str, service: &str) -> String {
 }
 
 pub fn stack_record(name: &str) -> Stack {
-    Stack {
-        uuid: stack_id(name),
-        name: name.to_string(),
-        environment_uuid: String::new(),
-        system: false,
-        description: String::new(),
-        state: "active".into(),
-        extra: Extra::new(),
-    }
+    Stack::new(&stack_id(name), name)
 }
 
 /// The services of a compose file (after interpolation). `base_dir` resolves `env_file`.
@@ -558,28 +550,7 @@ pub fn kind_of(image: &str) -> ServiceKind {
 }
 
 fn event_bus_service(stack: &str, name: &str) -> Service {
-    Service {
-        uuid: service_id(stack, name),
-        name: name.to_string(),
-        stack_uuid: stack_id(stack),
-        kind: ServiceKind::Service,
-        scale: Some(1),
-        create_index: None,
-        launch_config: LaunchConfig::default(),
-        secondary_launch_configs: Vec::new(),
-        metadata: Json::Null,
-        links: BTreeMap::new(),
-        external_ips: Vec::new(),
-        hostname: None,
-        fqdn: None,
-        vip: None,
-        lb_config: None,
-        selector_container: None,
-        system: false,
-        state: "active".into(),
-        token: None,
-        extra: Extra::new(),
-    }
+    Service::new(&service_id(stack, name), &stack_id(stack), name)
 }
 
 fn string(v: &Node, at: &str, p: &mut Problems) -> Option<String> {

@@ -38,6 +38,28 @@ pub struct Host {
     pub extra: Extra,
 }
 
+impl Host {
+    /// An active host with nothing else known yet.
+    pub fn new(uuid: &str, name: &str, agent_ip: &str) -> Host {
+        Host {
+            uuid: uuid.into(),
+            name: name.into(),
+            hostname: name.into(),
+            agent_ip: agent_ip.into(),
+            labels: Labels::new(),
+            state: active(),
+            agent_state: active(),
+            memory: None,
+            milli_cpu: None,
+            local_storage_mb: None,
+            environment_uuid: String::new(),
+            subnet: None,
+            heartbeat_ms: None,
+            extra: Extra::new(),
+        }
+    }
+}
+
 fn active() -> String {
     "active".to_string()
 }

@@ -77,6 +77,34 @@ pub struct Service {
     pub extra: Extra,
 }
 
+impl Service {
+    /// An active plain service of scale 1 with an empty launch config.
+    pub fn new(uuid: &str, stack_uuid: &str, name: &str) -> Service {
+        Service {
+            uuid: uuid.into(),
+            name: name.into(),
+            stack_uuid: stack_uuid.into(),
+            kind: ServiceKind::Service,
+            scale: Some(1),
+            create_index: None,
+            launch_config: LaunchConfig::default(),
+            secondary_launch_configs: Vec::new(),
+            metadata: serde_json::Value::Null,
+            links: Default::default(),
+            external_ips: Vec::new(),
+            hostname: None,
+            fqdn: None,
+            vip: None,
+            lb_config: None,
+            selector_container: None,
+            system: false,
+            state: active(),
+            token: None,
+            extra: Extra::new(),
+        }
+    }
+}
+
 fn active() -> String {
     "active".to_string()
 }

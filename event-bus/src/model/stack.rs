@@ -20,6 +20,21 @@ pub struct Stack {
     pub extra: Extra,
 }
 
+impl Stack {
+    /// An active stack with nothing else known yet.
+    pub fn new(uuid: &str, name: &str) -> Stack {
+        Stack {
+            uuid: uuid.into(),
+            name: name.into(),
+            environment_uuid: String::new(),
+            system: false,
+            description: String::new(),
+            state: active(),
+            extra: Extra::new(),
+        }
+    }
+}
+
 fn active() -> String {
     "active".to_string()
 }

@@ -4,59 +4,17 @@ use crate::keys::{Document, Record};
 use crate::model::*;
 
 pub fn host(uuid: &str, name: &str, agent_ip: &str) -> Host {
-    Host {
-        uuid: uuid.into(),
-        name: name.into(),
-        hostname: name.into(),
-        agent_ip: agent_ip.into(),
-        labels: Labels::new(),
-        state: "active".into(),
-        agent_state: "active".into(),
-        memory: None,
-        milli_cpu: None,
-        local_storage_mb: None,
-        environment_uuid: String::new(),
-        subnet: None,
-        heartbeat_ms: None,
-        extra: Extra::new(),
-    }
+    Host::new(uuid, name, agent_ip)
 }
 
 pub fn stack(uuid: &str, name: &str) -> Stack {
-    Stack {
-        uuid: uuid.into(),
-        name: name.into(),
-        environment_uuid: String::new(),
-        system: false,
-        description: String::new(),
-        state: "active".into(),
-        extra: Extra::new(),
-    }
+    Stack::new(uuid, name)
 }
 
 pub fn service(uuid: &str, stack_uuid: &str, name: &str) -> Service {
-    Service {
-        uuid: uuid.into(),
-        name: name.into(),
-        stack_uuid: stack_uuid.into(),
-        kind: ServiceKind::Service,
-        scale: Some(1),
-        create_index: None,
-        launch_config: LaunchConfig { image: "local/busybox:1".into(), ..Default::default() },
-        secondary_launch_configs: Vec::new(),
-        metadata: serde_json::Value::Null,
-        links: Default::default(),
-        external_ips: Vec::new(),
-        hostname: None,
-        fqdn: None,
-        vip: None,
-        lb_config: None,
-        selector_container: None,
-        system: false,
-        state: "active".into(),
-        token: None,
-        extra: Extra::new(),
-    }
+    let mut s = Service::new(uuid, stack_uuid, name);
+    s.launch_config.image = "local/busybox:1".into();
+    s
 }
 
 pub fn container(uuid: &str, name: &str, service_uuid: &str, stack_uuid: &str, host_uuid: &str, ip: &str) -> Container {
