@@ -167,6 +167,10 @@ impl Snapshot {
     pub fn health(&self, container_uuid: &str) -> Option<&Arc<ContainerHealth>> {
         self.healths.get(container_uuid)
     }
+    /// Every health verdict (including any whose container is gone).
+    pub fn healths(&self) -> impl Iterator<Item = &Arc<ContainerHealth>> {
+        self.healths.values()
+    }
 
     pub fn volume(&self, uuid: &str) -> Option<&Arc<Volume>> {
         self.volumes.get(uuid)

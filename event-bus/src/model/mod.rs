@@ -9,6 +9,7 @@ mod certificate;
 mod check;
 mod container;
 mod environment;
+mod health_check;
 mod host;
 mod service;
 mod stack;
@@ -18,6 +19,10 @@ pub use certificate::{Certificate, PrivateKey};
 pub use check::{Check, Problem};
 pub use container::{Container, ContainerHealth, ContainerStatus};
 pub use environment::{Environment, Fqdn, Lease};
+pub use health_check::{
+    defaults as health_check_defaults, CheckerState, HealthReport, Strategy, HEARTBEAT_EVENT, REPORT_EVENT,
+    STATE_REQUEST,
+};
 pub use host::Host;
 pub use service::{HealthCheck, LaunchConfig, LbConfig, PortRule, QuorumConfig, Service, ServiceKind};
 pub use stack::Stack;
