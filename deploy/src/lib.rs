@@ -4,6 +4,7 @@
 //! - [`interp`]: compose-style `$VAR` interpolation;
 //! - [`catalog`]: Rancher catalogs, templates, versions and questions;
 //! - [`controller`]: the controller loop: the lease, placement, writes;
+//! - [`health`]: health verdicts from checker reports, and the recovery strategies;
 //! - [`compose`]: docker-compose.yml + rancher-compose.yml → services;
 //! - [`schedule`]: the controller's placement: units, hosts, names, addresses;
 //! - [`stackfile`]: loading and checking a whole stack, all-or-nothing;
@@ -20,6 +21,7 @@ pub mod apply;
 pub mod catalog;
 pub mod compose;
 pub mod controller;
+pub mod health;
 pub mod history;
 pub mod interp;
 pub mod plan;

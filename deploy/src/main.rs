@@ -65,6 +65,9 @@ enum Command {
         /// This controller's name in the lease (default: host name and process id).
         #[arg(long, env = "CORRAL_DEPLOY_HOLDER")]
         holder: Option<String>,
+        /// Health decisions (deploy/src/health.rs).
+        #[command(flatten)]
+        health: deploy::health::HealthArgs,
     },
     /// Run the host agent: registers this host and makes the local Docker engine run the
     /// containers the controller assigned to it. Runs until SIGTERM.
@@ -425,7 +428,7 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
                 _ = event_bus::runtime::shutdown::signal() => tracing::info!("agent stopping"),
             }
         }
-        Command::Controller { lease_ttl, heartbeat_timeout, holder } => {
+        Command::Controller { lease_ttl, heartbeat_timeout, holder, health } => {
             let metrics = event_bus::runtime::metrics::Metrics::new();
             let cache = event_bus::StateCache::start(&bus, &metrics).await?;
             let (active_tx, active_rx) = tokio::sync::watch::channel(false);
@@ -438,6 +441,16 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
             let readiness = event_bus::runtime::admin::Readiness::new();
             let c = cache.clone();
             readiness.add("state cache", move || c.readiness());
+            // Health verdicts and strategies: a task beside the controller that writes only while
+            // `active_rx` says this controller holds the lease (deploy/src/health.rs).
+            let _health = deploy::health::spawn(
+                store.clone(),
+                cache.clone(),
+                event_bus::Events::new(&bus, "deploy-controller"),
+                health.settings(*heartbeat_timeout),
+                active_rx.clone(),
+                &metrics,
+            );
             let admin_addr = common.admin_addr.unwrap_or("127.0.0.1:9223".parse().expect("valid"));
             let _admin = event_bus::runtime::admin::AdminServer::start(admin_addr, metrics, readiness).await?;
             let settings = deploy::controller::Settings {
