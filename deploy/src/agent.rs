@@ -160,7 +160,11 @@ pub async fn reconcile(
                     reported.insert(c.uuid.clone());
                     continue;
                 }
-                docker.start_container(&r.id, None).await?;
+                if let Err(e) = docker.start_container(&r.id, None).await {
+                    failed(store, &snap, c, &r.id, start_count, &e, s).await?;
+                    reported.insert(c.uuid.clone());
+                    continue;
+                }
                 tracing::info!(container = %c.name, exit, "started again");
                 (r.id.clone(), true)
             }
@@ -175,8 +179,19 @@ pub async fn reconcile(
             }
             None if status.is_some_and(|st| st.state == "removed") => continue,
             None => {
-                let id = create(docker, &snap, c, s).await?;
-                docker.start_container(&id, None).await?;
+                let id = match create(docker, &snap, c, s).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        failed(store, &snap, c, "", start_count, &e, s).await?;
+                        reported.insert(c.uuid.clone());
+                        continue;
+                    }
+                };
+                if let Err(e) = docker.start_container(&id, None).await {
+                    failed(store, &snap, c, &id, start_count, &e, s).await?;
+                    reported.insert(c.uuid.clone());
+                    continue;
+                }
                 tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
                 (id, true)
             }
@@ -207,6 +222,34 @@ async fn report(
         start_count,
         exit_code,
         error: None,
+        extra: Extra::new(),
+    };
+    if snap.status(&c.uuid).map(|st| st.as_ref()) != Some(&new) {
+        store.put(&new).await?;
+    }
+    Ok(())
+}
+
+/// Docker refused to create or start a container (a port taken, an image missing…): the
+/// status says why, so `deploy ps` and `deploy local up` show it; the next pass tries again.
+async fn failed(
+    store: &StateStore,
+    snap: &event_bus::Snapshot,
+    c: &Container,
+    id: &str,
+    start_count: u64,
+    error: &dyn std::fmt::Display,
+    s: &Settings,
+) -> Result<(), AgentError> {
+    tracing::warn!(container = %c.name, %error, "cannot run the container");
+    let new = ContainerStatus {
+        uuid: c.uuid.clone(),
+        host_uuid: s.host_uuid.clone(),
+        state: "error".into(),
+        external_id: Some(id.to_string()).filter(|i| !i.is_empty()),
+        start_count,
+        exit_code: None,
+        error: Some(error.to_string()),
         extra: Extra::new(),
     };
     if snap.status(&c.uuid).map(|st| st.as_ref()) != Some(&new) {
@@ -254,6 +297,7 @@ async fn create(
         }
     };
     let own_network = network_mode == s.network;
+    let (exposed, bindings) = port_bindings(lc.map(|l| (&l.ports[..], &l.expose[..])).unwrap_or_default());
     let body = ContainerCreateBody {
         image: c.image.clone(),
         cmd: lc.map(|l| l.command.clone()).filter(|v| !v.is_empty()),
@@ -264,13 +308,15 @@ async fn create(
         host_config: Some(HostConfig {
             network_mode: Some(network_mode),
             dns: if own_network && !s.dns.is_empty() { Some(s.dns.clone()) } else { None },
-            dns_search: if own_network && !c.dns_search.is_empty() { Some(c.dns_search.clone()) } else { None },
+            dns_search: if own_network { Some(search_domains(snap, c)) } else { None },
+            port_bindings: Some(bindings).filter(|b| !b.is_empty()),
             binds: lc
                 .map(|l| l.volumes.iter().filter(|v| v.contains(':')).cloned().collect::<Vec<_>>())
                 .filter(|v| !v.is_empty()),
             ..Default::default()
         }),
         networking_config: networking,
+        exposed_ports: Some(exposed).filter(|e| !e.is_empty()),
         ..Default::default()
     };
     // A container left from an earlier agent under the same name but not ours: an error the
@@ -278,6 +324,46 @@ async fn create(
     let created =
         docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&c.name).build()), body).await?;
     Ok(created.id)
+}
+
+/// Docker's exposed ports (`80/tcp`) and port bindings from compose `ports` and `expose`.
+fn port_bindings((ports, expose): (&[String], &[String])) -> (Vec<String>, bollard::models::PortMap) {
+    let mut exposed = Vec::new();
+    let mut bindings = bollard::models::PortMap::new();
+    for spec in ports.iter().chain(expose).filter_map(|p| crate::ports::parse(p).ok()) {
+        for (container, host) in spec.pairs() {
+            let key = format!("{container}/{}", spec.proto);
+            if !exposed.contains(&key) {
+                exposed.push(key.clone());
+            }
+            // `ports` publish (on a fixed host port or one Docker picks); `expose` does not.
+            if ports.iter().any(|p| crate::ports::parse(p).as_ref() == Ok(&spec)) {
+                bindings.entry(key).or_insert_with(|| Some(vec![])).get_or_insert_with(Vec::new).push(
+                    bollard::models::PortBinding {
+                        host_ip: spec.host_ip.map(|ip| ip.to_string()),
+                        host_port: Some(host.map(|h| h.to_string()).unwrap_or_default()),
+                    },
+                );
+            }
+        }
+    }
+    (exposed, bindings)
+}
+
+/// Search domains as Rancher gave them: the launch config's own, then the container's service,
+/// its stack, and `rancher.internal` (rancher-dns also searches per caller on its side, so short
+/// names work either way).
+fn search_domains(snap: &event_bus::Snapshot, c: &Container) -> Vec<String> {
+    let mut out = c.dns_search.clone();
+    let svc = c.service_uuid.as_deref().and_then(|s| snap.service(s));
+    let stack = svc.and_then(|s| snap.stack(&s.stack_uuid));
+    if let (Some(svc), Some(stack)) = (svc, stack) {
+        out.push(format!("{}.{}.rancher.internal", svc.name, stack.name));
+        out.push(format!("{}.rancher.internal", stack.name));
+    }
+    out.push("rancher.internal".into());
+    out.dedup();
+    out
 }
 
 /// Runs until the process ends: heartbeat and reconcile.

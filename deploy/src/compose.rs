@@ -732,26 +732,7 @@ fn bytes(v: &Node, at: &str, p: &mut Problems) -> Option<u64> {
 
 /// `80`, `80/udp`, `8080:80`, `127.0.0.1:8080:80/tcp`, `8000-8010:8000-8010`.
 pub fn check_port_spec(spec: &str) -> Result<(), String> {
-    let (ports, proto) = match spec.rsplit_once('/') {
-        Some((ports, proto)) => (ports, proto),
-        None => (spec, "tcp"),
-    };
-    if !matches!(proto, "tcp" | "udp") {
-        return Err(format!("{spec:?}: protocol must be tcp or udp"));
-    }
-    let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
-    if parts.len() == 3 && parts[2].parse::<IpAddr>().is_err() {
-        return Err(format!("{spec:?}: expected [ip:]host_port:container_port"));
-    }
-    // `ip::80`: any host port on that address.
-    let host_port_free = parts.len() == 3 && parts[1].is_empty();
-    for part in parts.iter().take(if host_port_free { 1 } else { 2 }) {
-        let range: Vec<&str> = part.split('-').collect();
-        if range.len() > 2 || range.iter().any(|r| !r.parse::<u16>().is_ok_and(|n| n > 0)) {
-            return Err(format!("{spec:?}: ports are numbers from 1 to 65535"));
-        }
-    }
-    Ok(())
+    crate::ports::parse(spec).map(|_| ())
 }
 
 /// `KEY=VALUE` lines (`#` comments and blank lines skipped, an `export ` prefix allowed, spaces

@@ -9,9 +9,11 @@
 //! - [`schedule`]: the controller's placement: units, hosts, names, addresses;
 //! - [`stackfile`]: loading and checking a whole stack, all-or-nothing;
 //! - [`agent`]: the host agent: Docker does what the controller assigned;
+//! - [`local`]: `deploy local up|down`: the processes of a one-machine stack;
 //! - [`apply`]: one change end to end, with the history's claim;
 //! - [`history`]: every applied revision, and the per-stack claim;
 //! - [`plan`]: the changes `up` makes, and applying them;
+//! - [`ports`]: compose port specs, for checks, port conflicts and Docker bindings;
 //! - [`ps`]: what runs, for `deploy ps`;
 //! - [`template`]: the Go-template subset of catalog `.tpl` files;
 //! - [`problem`]: errors that point into the user's files.
@@ -24,7 +26,9 @@ pub mod controller;
 pub mod health;
 pub mod history;
 pub mod interp;
+pub mod local;
 pub mod plan;
+pub mod ports;
 pub mod problem;
 pub mod ps;
 pub mod schedule;

@@ -97,6 +97,13 @@ enum Command {
         #[arg(long, env = "CORRAL_DEPLOY_CONTAINER_DNS", value_delimiter = ',')]
         container_dns: Vec<String>,
     },
+    /// Everything on this machine from one command: `deploy local up web-lb` starts a private
+    /// NATS, the controller, an agent on the local Docker engine, rancher-dns and
+    /// rancher-metadata, deploys the stack and waits until it runs; `deploy local down` stops it.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
     /// Browse a catalog (Rancher's layout: templates/<name>/config.yml, numbered versions).
     Catalog {
         #[command(subcommand)]
@@ -119,6 +126,68 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Start what is not running yet, deploy TARGET (if given) and wait until its containers run.
+    Up(LocalUp),
+    /// Stop the processes `up` started and the local agent's containers; the state is kept (the
+    /// next `up` brings the same containers back).
+    Down {
+        #[command(flatten)]
+        machine: deploy::local::Machine,
+        /// How long a container gets to stop after SIGTERM before it is killed.
+        #[arg(long, env = "CORRAL_LOCAL_STOP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+        stop_timeout: std::time::Duration,
+    },
+}
+
+#[derive(clap::Args)]
+struct LocalUp {
+    /// A catalog template (`NAME[:VERSION]`), a directory holding docker-compose.yml, or a
+    /// compose file; none: only start the services.
+    target: Option<String>,
+    /// Stack name (default: the template's or the directory's name).
+    #[arg(short = 'p', long = "project-name", env = "CORRAL_DEPLOY_STACK")]
+    stack: Option<String>,
+    /// YAML map of answers for a template, or of variables for a compose file.
+    #[arg(long, env = "CORRAL_DEPLOY_ANSWERS")]
+    answers: Option<PathBuf>,
+    /// KEY=VALUE file for variables.
+    #[arg(short = 'e', long = "env-file", env = "CORRAL_DEPLOY_ENV_FILE")]
+    env_file: Option<PathBuf>,
+    /// The catalog templates come from.
+    #[arg(long = "catalog", env = "CORRAL_DEPLOY_CATALOG", default_value = "catalog")]
+    catalog_dir: PathBuf,
+    #[command(flatten)]
+    machine: deploy::local::Machine,
+    #[command(flatten)]
+    services: deploy::local::Services,
+}
+
+impl LocalUp {
+    /// The stack arguments `up` would get: a template, a directory, or a file.
+    fn stack_args(&self, target: &str) -> StackArgs {
+        let path = std::path::Path::new(target);
+        let (file, template) = if path.is_dir() {
+            (path.join("docker-compose.yml"), None)
+        } else if path.is_file() {
+            (path.to_path_buf(), None)
+        } else {
+            (PathBuf::from("docker-compose.yml"), Some(target.to_string()))
+        };
+        StackArgs {
+            file,
+            rancher_file: None,
+            stack: self.stack.clone(),
+            env_file: self.env_file.clone(),
+            answers: self.answers.clone(),
+            template,
+            catalog_dir: self.catalog_dir.clone(),
+            prompt: false,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -338,6 +407,19 @@ fn main() -> ExitCode {
     let _telemetry = telemetry::init("deploy", cli.common.log_format, cli.common.log.as_deref().unwrap_or("warn"));
     // Stack files are checked before NATS is contacted: a broken file reads the same offline.
     let desired = match &cli.command {
+        Command::Local { command: LocalCommand::Up(LocalUp { target: Some(target), .. }) } => {
+            let Command::Local { command: LocalCommand::Up(up) } = &cli.command else { unreachable!() };
+            match up.stack_args(target).input().and_then(|i| stackfile::load(&i)) {
+                Ok(d) => Some(d),
+                Err(problems) => {
+                    for p in &problems {
+                        eprintln!("{p}");
+                    }
+                    eprintln!("{} problem(s); nothing was started or written", problems.len());
+                    return ExitCode::from(2);
+                }
+            }
+        }
         Command::Validate(a) | Command::Up { stack: a, .. } => match a.input().and_then(|i| stackfile::load(&i)) {
             Ok(d) => Some(d),
             Err(problems) => {
@@ -372,7 +454,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(&cli, desired.as_ref())) {
+    let result = match &cli.command {
+        Command::Local { command: LocalCommand::Up(up) } => {
+            rt.block_on(deploy::local::up(&cli.common, &up.machine, &up.services, desired.as_ref()))
+        }
+        Command::Local { command: LocalCommand::Down { machine, stop_timeout } } => {
+            rt.block_on(deploy::local::down(&cli.common, machine, *stop_timeout))
+        }
+        _ => rt.block_on(run(&cli, desired.as_ref())),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("deploy: {e:#}");
@@ -393,7 +484,7 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
         }
     };
     match &cli.command {
-        Command::Validate(_) | Command::Catalog { .. } => unreachable!("handled without NATS"),
+        Command::Validate(_) | Command::Catalog { .. } | Command::Local { .. } => unreachable!("handled before"),
         Command::Agent { host_uuid, host_name, agent_ip, subnet, labels, network, heartbeat, container_dns } => {
             let default_name = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
             let host_uuid = host_uuid.clone().unwrap_or_else(|| default_name.clone());

@@ -9,6 +9,9 @@ pub struct ServiceRow {
     pub service: String,
     pub kind: String,
     pub scale: Option<u32>,
+    /// `io.rancher.scheduler.global`: one unit per eligible host, whatever `scale` says.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub global: bool,
     pub state: String,
     /// Why the controller could not place (all of) it, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -23,6 +26,12 @@ pub struct ContainerRow {
     pub ip: String,
     pub state: String,
     pub health: String,
+    /// What went wrong, when the agent could not run it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A sidekick's container (not counted against `scale`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sidekick: bool,
 }
 
 /// Every service (of one stack, or all), ordered by stack and name, with its containers.
@@ -45,6 +54,7 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
                     .and_then(|v| v.as_str().map(String::from))
                     .unwrap_or_default(),
                 scale: svc.scale,
+                global: svc.launch_config.labels.get(crate::schedule::GLOBAL).is_some_and(|v| v == "true"),
                 state: svc.state.clone(),
                 unplaceable: book.unplaceable.get(&svc.uuid).cloned(),
                 containers: containers
@@ -60,12 +70,26 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
                         ip: c.primary_ip.clone().unwrap_or_default(),
                         state: snap.status(&c.uuid).map(|s| s.state.clone()).unwrap_or_else(|| "starting".into()),
                         health: snap.health(&c.uuid).map(|h| h.health_state.clone()).unwrap_or_default(),
+                        error: snap.status(&c.uuid).and_then(|s| s.error.clone()),
+                        sidekick: c.launch_config_name.as_deref().is_some_and(|n| n != svc.name),
                     })
                     .collect(),
             });
         }
     }
     out
+}
+
+/// Whether every service of `rows` that runs containers has all its units placed, and every
+/// container runs (and is healthy, where it is health-checked).
+pub fn settled(rows: &[ServiceRow]) -> bool {
+    rows.iter().filter(|r| !matches!(r.kind.as_str(), "externalService" | "dnsService")).all(|r| {
+        let primaries = r.containers.iter().filter(|c| !c.sidekick).count();
+        let enough = if r.global { primaries >= 1 } else { primaries >= r.scale.unwrap_or(1) as usize };
+        r.unplaceable.is_none()
+            && enough
+            && r.containers.iter().all(|c| c.state == "running" && matches!(c.health.as_str(), "" | "healthy"))
+    })
 }
 
 pub fn table(rows: &[ServiceRow]) -> String {

@@ -110,10 +110,29 @@ fn rules(labels: &BTreeMap<String, String>) -> (Vec<Rule>, Vec<String>) {
 }
 
 /// What runs on each host, for container rules and spreading.
+#[derive(Default)]
 struct HostLoad<'a> {
     labels: Vec<Cow<'a, BTreeMap<String, String>>>,
     names: BTreeSet<Cow<'a, str>>,
     total: usize,
+    /// Published host ports, with the container that publishes each.
+    ports: Vec<(Published, String)>,
+}
+
+type Published = (Option<std::net::IpAddr>, u16, &'static str);
+
+/// The fixed host ports a container publishes (specs that do not parse were refused by `deploy
+/// up`; here they are skipped).
+fn published(ports: &[String]) -> impl Iterator<Item = Published> + '_ {
+    ports.iter().filter_map(|p| crate::ports::parse(p).ok()).flat_map(|p| p.published().collect::<Vec<_>>())
+}
+
+/// The first port of `unit` that something on the host already publishes: (port, by whom).
+fn port_taken<'a>(unit: &[Published], load: Option<&'a HostLoad>) -> Option<(Published, &'a str)> {
+    let load = load?;
+    unit.iter().find_map(|mine| {
+        load.ports.iter().find(|(theirs, _)| crate::ports::clash(*mine, *theirs)).map(|(_, by)| (*mine, by.as_str()))
+    })
 }
 
 impl Rule {
@@ -172,8 +191,8 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
     let mut used_ips: HashMap<String, BTreeSet<Ipv4Addr>> = HashMap::new();
     for c in snap.containers().filter(|c| c.desired_state != "removed") {
         let Some(h) = c.host_uuid.as_deref() else { continue };
-        let l =
-            load.entry(h.to_string()).or_insert_with(|| HostLoad { labels: vec![], names: BTreeSet::new(), total: 0 });
+        let l = load.entry(h.to_string()).or_default();
+        l.ports.extend(published(&c.ports).map(|p| (p, c.name.clone())));
         l.labels.push(Cow::Borrowed(&c.labels));
         l.names.insert(Cow::Borrowed(c.name.as_str()));
         l.total += 1;
@@ -294,6 +313,11 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
         let soft_container_rules = all_rules.iter().any(|r| r.soft && !matches!(r.kind, RuleKind::HostLabel));
         let container_hard: Vec<&Rule> =
             hard.iter().copied().filter(|r| !matches!(r.kind, RuleKind::HostLabel)).collect();
+        // Host ports the unit publishes: a host where one is taken does not qualify (Rancher's
+        // port scheduling), rather than Docker failing to start the container.
+        let unit_ports: Vec<Published> = published(&svc.launch_config.ports)
+            .chain(svc.secondary_launch_configs.iter().flat_map(|lc| published(&lc.ports)))
+            .collect();
         loop {
             let wanted = if global { base.len() } else { wanted_fixed };
             if kept_hosts.len() >= wanted {
@@ -304,12 +328,16 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
                 .iter()
                 .copied()
                 .filter(|h| !(global && kept_hosts.contains(&h.uuid)))
-                .filter(|h| match container_hard.iter().find(|r| !r.met(h, load.get(&h.uuid))) {
-                    None => true,
-                    Some(r) => {
+                .filter(|h| {
+                    if let Some(r) = container_hard.iter().find(|r| !r.met(h, load.get(&h.uuid))) {
                         blocked.push(format!("{}: fails {}={}", h.name, r.key, r.values.join(",")));
-                        false
+                        return false;
                     }
+                    if let Some(((_, port, proto), by)) = port_taken(&unit_ports, load.get(&h.uuid)) {
+                        blocked.push(format!("{}: port {port}/{proto} is already published there by {by}", h.name));
+                        return false;
+                    }
+                    true
                 })
                 .collect();
             let score = |h: &Host| -> (usize, usize, usize) {
@@ -347,13 +375,10 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
                 used_ips.entry(host.uuid.clone()).or_default(),
             ) {
                 Ok(unit) => {
-                    let l = load.entry(host.uuid.clone()).or_insert_with(|| HostLoad {
-                        labels: vec![],
-                        names: BTreeSet::new(),
-                        total: 0,
-                    });
+                    let l = load.entry(host.uuid.clone()).or_default();
                     l.total += unit.len();
                     for c in &unit {
+                        l.ports.extend(published(&c.ports).map(|p| (p, c.name.clone())));
                         l.labels.push(Cow::Owned(c.labels.clone()));
                         l.names.insert(Cow::Owned(c.name.clone()));
                     }

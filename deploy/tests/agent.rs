@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{deploy, until};
+use common::{deploy, docker, require_image, until, DockerCleanup, IMAGE};
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,32 +12,6 @@ use std::time::Duration;
 use event_bus::model::{Container, ContainerStatus};
 use event_bus::testkit::{free_port, NatsServer, Terminate};
 use event_bus::{provision, Bus, Family, NatsOptions, Provision, StateStore};
-
-const IMAGE: &str = "corral-test/busybox:1";
-
-/// Removes what the test made in Docker, even when it fails.
-struct DockerCleanup {
-    host: String,
-    network: String,
-}
-impl Drop for DockerCleanup {
-    fn drop(&mut self) {
-        let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=io.corral.agent.host={}", self.host)])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(String::from).collect::<Vec<_>>())
-            .unwrap_or_default();
-        if !ids.is_empty() {
-            let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
-        }
-        let _ = Command::new("docker").args(["network", "rm", &self.network]).output();
-    }
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
 
 async fn statuses(store: &StateStore) -> Vec<(Container, Option<ContainerStatus>)> {
     let mut out = Vec::new();
@@ -52,10 +26,7 @@ async fn statuses(store: &StateStore) -> Vec<(Container, Option<ContainerStatus>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stacks_run_on_docker() {
-    assert!(
-        Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success()).unwrap_or(false),
-        "image {IMAGE} missing: run scripts/test-image (needs Docker and busybox-static; scripts/setup does both)"
-    );
+    require_image();
     let pid = std::process::id();
     let host = format!("h{pid}");
     let network = format!("corral-test-{pid}");

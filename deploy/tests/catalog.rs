@@ -44,8 +44,9 @@ fn list_and_show() {
     let (code, out, _) = deploy(&["catalog", "list"], "");
     assert_eq!(code, 0);
     let rows: Vec<&str> = out.lines().skip(1).collect();
-    assert_eq!(rows.len(), 3, "{out}");
-    assert!(rows[2].starts_with("web-lb") && rows[2].contains("1.1.0") && rows[2].contains("1.0.0,1.1.0"), "{out}");
+    assert_eq!(rows.len(), 4, "{out}");
+    assert!(rows[1].starts_with("hello") && rows[1].contains("0.1.0"), "{out}");
+    assert!(rows[3].starts_with("web-lb") && rows[3].contains("1.1.0") && rows[3].contains("1.0.0,1.1.0"), "{out}");
     let (_, out, _) = deploy(&["catalog", "show", "two-tier"], "");
     assert!(out.contains("DB_PASSWORD") && out.contains("password") && out.contains("enum(local|convoy-nfs)"), "{out}");
     let (code, _, err) = deploy(&["catalog", "show", "web-lb:9.9"], "");

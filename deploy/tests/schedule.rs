@@ -213,6 +213,28 @@ fn no_hosts_is_a_reason_too() {
     assert_eq!(p.unplaceable["s-web"], "0 of 1 units placed: no host qualifies: no live hosts");
 }
 
+/// A host port is published once per host and address (Rancher's port scheduling): the second
+/// unit goes to another host, the third has nowhere to go and says which container holds the port.
+#[test]
+fn published_ports_do_not_clash() {
+    let mut web = service("s-web", "web", 3, &[]);
+    web.launch_config.ports = vec!["8080:80".into()];
+    let mut other = service("s-api", "api", 1, &[]);
+    other.launch_config.ports = vec!["127.0.0.1:9090:80".into(), "8080:80/udp".into()];
+    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![web, other]);
+    let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
+    let p = place(&snap, &hosts, &Counters::default());
+    assert_eq!(hosts_of(&p, "s-web"), ["h1", "h2"]);
+    assert_eq!(hosts_of(&p, "s-api").len(), 1, "another address or protocol does not clash");
+    let reason = &p.unplaceable["s-web"];
+    assert!(reason.starts_with("2 of 3 units placed: no host qualifies: "), "{reason}");
+    assert!(reason.contains("host-1: port 8080/tcp is already published there by app-web-"), "{reason}");
+    // The next pass sees the same taken ports: nothing more is placed, the reason stays.
+    apply(&mut snap, &p);
+    let placed = place(&snap, &hosts, &p.counters);
+    assert!(placed.create.is_empty() && placed.unplaceable.contains_key("s-web"));
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

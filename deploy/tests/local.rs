@@ -1,0 +1,153 @@
+//! `deploy local up` / `down` as a user runs them: one command starts a private NATS, the
+//! controller, an agent on the real Docker engine, rancher-dns and rancher-metadata, deploys the
+//! `hello` catalog template and waits; then the published port answers, the front container
+//! reaches `web` by its service name, and rancher-metadata knows who is asking. `down` stops it
+//! all and a second `up` brings the same containers back. Needs Docker, the test image, root
+//! (rancher-dns answers containers on port 53) and rancher-dns/rancher-metadata built (a
+//! workspace test run builds them).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{docker, require_image, DockerCleanup};
+use event_bus::testkit::free_port;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// `deploy local …` with the test's own directory, host and ports; (code, stdout, stderr).
+fn local(args: &[&str], state: &Path, host: &str) -> (i32, String, String) {
+    let nats = event_bus::testkit::find_nats_server().expect("nats-server");
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .arg("local")
+        .args(args)
+        .args(["--state-dir", state.to_str().unwrap(), "--host-uuid", host])
+        .env_remove("CORRAL_NATS_URL")
+        .env("NATS_SERVER_BIN", nats)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn local_up_runs_a_catalog_stack_and_down_stops_it() {
+    require_image();
+    for bin in ["rancher-dns", "rancher-metadata"] {
+        let path = Path::new(env!("CARGO_BIN_EXE_deploy")).with_file_name(bin);
+        assert!(path.is_file(), "{} missing: build the workspace (cargo build --workspace)", path.display());
+    }
+    assert_eq!(unsafe { libc::geteuid() }, 0, "rancher-dns must bind port 53 on the network's gateway: run as root");
+    let pid = std::process::id();
+    let host = format!("lt{pid}");
+    let _cleanup = DockerCleanup { host: host.clone(), network: format!("corral-{host}") };
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("local");
+    let public = free_port();
+    let answers = dir.path().join("answers.yml");
+    std::fs::write(&answers, format!("PUBLIC_PORT: {public}\n")).unwrap();
+    // A subnet of its own per run, so parallel runs and a developer's own local stack differ.
+    let subnet = format!("10.42.{}.0/24", 100 + pid % 100);
+    let gateway = subnet.replace(".0/24", ".1");
+    let nats_port = free_port().to_string();
+    let up_args = |target: &str| -> Vec<String> {
+        let v: Vec<String> = vec![
+            "up".into(),
+            target.into(),
+            "-p".into(),
+            format!("lt{pid}"),
+            "--answers".into(),
+            answers.display().to_string(),
+            "--subnet".into(),
+            subnet.clone(),
+            "--nats-port".into(),
+            nats_port.clone(),
+            "--admin-base-port".into(),
+            "0".into(),
+            // Only loopback upstreams: nothing leaves the machine even if a lookup misses.
+            "--upstream".into(),
+            "127.0.0.1:9".into(),
+            "--wait".into(),
+            "90s".into(),
+        ];
+        v
+    };
+    let stop = || local(&["down", "--stop-timeout", "1s"], &state, &host);
+    struct Down<F: Fn() -> (i32, String, String)>(F);
+    impl<F: Fn() -> (i32, String, String)> Drop for Down<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    let _down = Down(stop);
+
+    let args = up_args("hello");
+    let (code, out, err) = local(&args.iter().map(String::as_str).collect::<Vec<_>>(), &state, &host);
+    assert_eq!(code, 0, "local up failed:\n{out}\n{err}");
+    let stack = format!("lt{pid}");
+    for expected in [
+        "nats-server        started",
+        "controller         started",
+        "agent              started",
+        "rancher-dns        started",
+        "rancher-metadata   started",
+        "+ service web (create)",
+        &format!("{stack}-web-1"),
+        &format!("stack {stack} is running"),
+        &format!("curl http://127.0.0.1:{public}/"),
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // Progress is shown as it happens: the containers were seen starting, then running.
+    assert!(out.contains("starting") && out.contains(" running"), "{out}");
+
+    // The published port, and through it the front's CGI asking `web` by its service name.
+    let page = http_get(public, "/cgi-bin/hello");
+    assert!(page.contains(&format!("hello from {stack}-web-")), "{page}");
+    // Docker's embedded DNS forwards from the container's own address: rancher-dns answers a
+    // bare `web` by the caller's stack, which it can only know from the source address.
+    let front = format!("{stack}-front-1");
+    let looked_up = docker(&["exec", &front, "nslookup", "web"]);
+    assert!(looked_up.contains(&subnet.replace(".0/24", ".")), "{looked_up}");
+    // rancher-metadata's `self` is the asking container.
+    let me = docker(&["exec", &front, "wget", "-qO-", "http://rancher-metadata/latest/self/container/name"]);
+    assert_eq!(me, front);
+    assert!(out.contains(&format!("dig @{gateway} ")), "{out}");
+
+    // Down: nothing of ours runs; the state stays.
+    let (code, out, err) = local(&["down", "--stop-timeout", "1s"], &state, &host);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("stopped 3 container(s)") && out.contains("stopped nats"), "{out}");
+    let running = docker(&["ps", "-q", "--filter", &format!("label=io.corral.agent.host={host}")]);
+    assert!(running.is_empty(), "containers still run: {running}");
+    assert!(state.join("nats/jetstream").is_dir());
+
+    // Up again: the same containers (same names, no new ones) run again.
+    let (code, out, err) = local(&args.iter().map(String::as_str).collect::<Vec<_>>(), &state, &host);
+    assert_eq!(code, 0, "second local up failed:\n{out}\n{err}");
+    assert!(out.contains("up to date") || !out.contains("(create)"), "{out}");
+    assert!(out.contains("stopped") && out.contains(&format!("stack {stack} is running")), "{out}");
+    let names = docker(&["ps", "--format", "{{.Names}}", "--filter", &format!("label=io.corral.agent.host={host}")]);
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    assert_eq!(names, [front.as_str(), &format!("{stack}-web-1"), &format!("{stack}-web-2")]);
+    assert!(http_get(public, "/").contains("front page"));
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the published port");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(body)
+}
