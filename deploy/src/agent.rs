@@ -366,6 +366,107 @@ fn search_domains(snap: &event_bus::Snapshot, c: &Container) -> Vec<String> {
     out
 }
 
+/// A request for one container's logs (`deploy logs`), on [`logs_subject`] of its host. The
+/// agent answers `ok` (or the reason it will not) and streams the output to `stream_to`; the
+/// last message has the header [`LOGS_END`] (its value: an error, if the stream broke). While
+/// following, the reader publishes to `<stream_to>.alive` at least every [`LOGS_ALIVE`]; after
+/// three missed beats the agent stops streaming.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LogsRequest {
+    /// The container's uuid (it must be assigned to this host).
+    pub container: String,
+    pub stream_to: String,
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[serde(default)]
+    pub tail: Option<u64>,
+}
+
+pub const LOGS_END: &str = "Corral-Logs-End";
+pub const LOGS_ALIVE: Duration = Duration::from_secs(5);
+
+pub fn logs_subject(bus: &event_bus::Bus, host_uuid: &str) -> String {
+    bus.request_subject(&format!("agent.logs.{host_uuid}"))
+}
+
+/// Answers log requests for the containers assigned to this host (and only those: a request
+/// cannot read any other container of the Docker engine).
+pub async fn serve_logs(bus: event_bus::Bus, docker: Docker, cache: StateCache, host_uuid: String) {
+    use futures::StreamExt as _;
+    let mut requests = loop {
+        match bus.client.subscribe(logs_subject(&bus, &host_uuid)).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe for log requests; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    while let Some(msg) = requests.next().await {
+        let Some(reply) = msg.reply.clone() else { continue };
+        let answer = match serde_json::from_slice::<LogsRequest>(&msg.payload) {
+            Err(e) => Err(format!("not a log request: {e}")),
+            Ok(req) => {
+                let snap = cache.snapshot();
+                match snap.container(&req.container).filter(|c| c.host_uuid.as_deref() == Some(&host_uuid)) {
+                    None => Err(format!("{} is not a container of host {host_uuid}", req.container)),
+                    Some(c) => {
+                        let name = c.name.clone();
+                        tokio::spawn(stream_logs(bus.clone(), docker.clone(), req, name));
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let body = match answer {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e,
+        };
+        let _ = bus.client.publish(reply, body.into()).await;
+    }
+}
+
+async fn stream_logs(bus: event_bus::Bus, docker: Docker, req: LogsRequest, name: String) {
+    use futures::StreamExt as _;
+    let mut alive = match bus.client.subscribe(format!("{}.alive", req.stream_to)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "log stream: cannot subscribe for the reader's beats");
+            return;
+        }
+    };
+    let options = bollard::query_parameters::LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .follow(req.follow)
+        .tail(&req.tail.map(|t| t.to_string()).unwrap_or_else(|| "all".into()))
+        .build();
+    let mut logs = docker.logs(&name, Some(options));
+    let mut last_beat = std::time::Instant::now();
+    let mut tick = tokio::time::interval(LOGS_ALIVE);
+    let end = loop {
+        tokio::select! {
+            item = logs.next() => match item {
+                Some(Ok(out)) => {
+                    if bus.client.publish(req.stream_to.clone(), out.into_bytes()).await.is_err() {
+                        break String::from("NATS went away");
+                    }
+                }
+                Some(Err(e)) => break e.to_string(),
+                None => break String::new(),
+            },
+            Some(_) = alive.next() => last_beat = std::time::Instant::now(),
+            _ = tick.tick() => if req.follow && last_beat.elapsed() > 3 * LOGS_ALIVE {
+                break String::new();
+            },
+        }
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(LOGS_END, end.as_str());
+    let _ = bus.client.publish_with_headers(req.stream_to.clone(), headers, bytes::Bytes::new()).await;
+}
+
 /// Runs until the process ends: heartbeat and reconcile.
 pub async fn run(docker: Docker, store: StateStore, cache: StateCache, s: Settings) -> Result<(), AgentError> {
     ensure_network(&docker, &s).await?;

@@ -9,6 +9,7 @@
 //! - [`schedule`]: the controller's placement: units, hosts, names, addresses;
 //! - [`stackfile`]: loading and checking a whole stack, all-or-nothing;
 //! - [`agent`]: the host agent: Docker does what the controller assigned;
+//! - [`logs`]: `deploy logs`: container output from the agents;
 //! - [`local`]: `deploy local up|down`: the processes of a one-machine stack;
 //! - [`apply`]: one change end to end, with the history's claim;
 //! - [`history`]: every applied revision, and the per-stack claim;
@@ -27,6 +28,7 @@ pub mod health;
 pub mod history;
 pub mod interp;
 pub mod local;
+pub mod logs;
 pub mod plan;
 pub mod ports;
 pub mod problem;

@@ -112,6 +112,18 @@ enum Command {
         #[arg(long, env = "CORRAL_DEPLOY_CATALOG", default_value = "catalog", global = true)]
         catalog: PathBuf,
     },
+    /// The output of a stack's (or one service's) containers, from the agents of their hosts,
+    /// each line prefixed with the container's name.
+    Logs {
+        /// `stack` or `stack/service`.
+        target: String,
+        /// Keep streaming new output until interrupted.
+        #[arg(short = 'f', long, env = "CORRAL_DEPLOY_LOGS_FOLLOW")]
+        follow: bool,
+        /// Only the last N lines of each container.
+        #[arg(long, env = "CORRAL_DEPLOY_LOGS_TAIL")]
+        tail: Option<u64>,
+    },
     /// A stack's (or one service's) desired state as stored, in JSON.
     Inspect {
         /// `stack` or `stack/service`.
@@ -514,6 +526,12 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
             readiness.add("state cache", move || c.readiness());
             let admin_addr = common.admin_addr.unwrap_or("127.0.0.1:9224".parse().expect("valid"));
             let _admin = event_bus::runtime::admin::AdminServer::start(admin_addr, metrics, readiness).await?;
+            tokio::spawn(deploy::agent::serve_logs(
+                bus.clone(),
+                docker.clone(),
+                cache.clone(),
+                settings.host_uuid.clone(),
+            ));
             tokio::select! {
                 r = deploy::agent::run(docker, store.clone(), cache.clone(), settings) => r?,
                 _ = event_bus::runtime::shutdown::signal() => tracing::info!("agent stopping"),
@@ -677,6 +695,9 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
                 },
             };
             println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Command::Logs { target, follow, tail } => {
+            return deploy::logs::run(&bus, target, *follow, *tail).await;
         }
         Command::Ps { stack, output } => {
             let metrics = event_bus::runtime::metrics::Metrics::new();

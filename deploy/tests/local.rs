@@ -121,6 +121,49 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     assert_eq!(me, front);
     assert!(out.contains(&format!("dig @{gateway} ")), "{out}");
 
+    // `deploy logs`: each container's output from the agent, prefixed with its name.
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let (code, logs, err) = common::deploy(&["logs", &format!("{stack}/web")], &nats_url);
+    assert_eq!(code, 0, "{err}");
+    for n in 1..=2 {
+        let name = format!("{stack}-web-{n}");
+        assert!(logs.contains(&format!("{name} | {name} serves port 80")), "{logs}");
+    }
+    // `-f --tail 0`: only what comes next: the request the front makes to a web container.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_deploy"))
+        .args(["logs", "-f", "--tail", "0", &format!("{stack}/web")])
+        .env("CORRAL_NATS_URL", &nats_url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(lines).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let found = loop {
+        // Asked again until the streams are open (the first request may come before they are).
+        http_get(public, "/cgi-bin/hello");
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            seen.push(line.clone());
+            if line.starts_with(&format!("{stack}-web-")) && line.contains("response:200") {
+                break true;
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+    };
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(found, "no request logged by a web container within 30 s; saw {seen:?}");
+    assert!(!seen.iter().any(|l| l.contains("serves port 80")), "--tail 0 printed old lines: {seen:?}");
+
     // Down: nothing of ours runs; the state stays.
     let (code, out, err) = local(&["down", "--stop-timeout", "1s"], &state, &host);
     assert_eq!(code, 0, "{out}\n{err}");
