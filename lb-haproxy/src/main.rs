@@ -1,6 +1,102 @@
-//! `lb-haproxy` is not implemented yet: this binary only says so, so that nobody mistakes it for a working component.
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
-fn main() -> std::process::ExitCode {
-    eprintln!("lb-haproxy: not implemented yet (see the open issues and lb-haproxy/README.md)");
-    std::process::ExitCode::from(2)
+use anyhow::Context;
+use clap::Parser;
+use event_bus::runtime::{admin, args::CommonArgs, metrics::Metrics, shutdown, telemetry};
+use event_bus::{Bus, Events, StateCache};
+use lb_haproxy::apply::Controller;
+use lb_haproxy::metrics::LbMetrics;
+use lb_haproxy::render::Settings;
+
+/// Rancher's built-in load balancer: keeps a real HAProxy (master-worker) in line with one
+/// load balancer service's `lb_config` and the running, healthy containers it targets.
+/// Membership changes go through HAProxy's runtime API; new ports, rules and certificates
+/// through a checked, hitless reload. A configuration HAProxy would refuse is refused here
+/// and the previous one keeps serving.
+#[derive(Parser)]
+#[command(name = "lb-haproxy", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The load balancer service to serve, as `stack/service`.
+    #[arg(long, env = "CORRAL_LB_SERVICE", value_parser = parse_service)]
+    service: String,
+    /// The HAProxy binary (2.6 or newer).
+    #[arg(long, env = "CORRAL_LB_HAPROXY_BIN", default_value = "haproxy")]
+    haproxy_bin: PathBuf,
+    /// Directory for haproxy.cfg, the master and admin sockets, the server-state file and the
+    /// certificates (created with mode 0700). Default: `.corral/lb/<stack>_<service>` under the
+    /// working directory.
+    #[arg(long, env = "CORRAL_LB_RUN_DIR")]
+    run_dir: Option<PathBuf>,
+    /// Address the port rules' source ports are bound on.
+    #[arg(long, env = "CORRAL_LB_BIND_ADDRESS", default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Where HAProxy itself serves its Prometheus metrics (`/metrics`) and stats page
+    /// (`/stats`). Off unless given.
+    #[arg(long, env = "CORRAL_LB_HAPROXY_STATS_ADDR")]
+    haproxy_stats_addr: Option<SocketAddr>,
+    /// This host's uuid, for `io.rancher.lb_service.target=only-local|prefer-local`. Without it
+    /// every target counts as local.
+    #[arg(long, env = "CORRAL_HOST_UUID")]
+    host_uuid: Option<String>,
+}
+
+fn parse_service(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains('/') => Ok(s.to_string()),
+        _ => Err("expected `stack/service`".into()),
+    }
+}
+
+const DEFAULT_ADMIN: &str = "127.0.0.1:9226";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let _telemetry =
+        telemetry::init("lb-haproxy", args.common.log_format, args.common.log.as_deref().unwrap_or("info"))?;
+    let metrics = Metrics::new();
+    let lb_metrics = LbMetrics::new(&metrics);
+    let run_dir = match args.run_dir {
+        Some(d) => d,
+        None => PathBuf::from(".corral/lb").join(args.service.replace('/', "_")),
+    };
+    let run_dir = std::path::absolute(&run_dir).with_context(|| format!("run dir {}", run_dir.display()))?;
+    lb_haproxy::certs::private_dir(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let settings = Settings {
+        run_dir,
+        bind_address: args.bind_address,
+        stats_addr: args.haproxy_stats_addr,
+        host_uuid: args.host_uuid,
+    };
+    tracing::info!(service = %args.service, run_dir = %settings.run_dir.display(), "starting");
+
+    let bus =
+        Bus::connect(&args.common.nats.options("lb-haproxy"), &args.common.env, args.common.nats.nats_connect_timeout)
+            .await?;
+    let cache = StateCache::start(&bus, &metrics).await?;
+    let events = Events::new(&bus, format!("lb-haproxy@{}", args.service));
+    let controller = Controller::new(settings, args.haproxy_bin, args.service, lb_metrics, Some(events));
+
+    let readiness = admin::Readiness::new();
+    let c = cache.clone();
+    readiness.add("state cache", move || c.readiness());
+    let status = controller.status();
+    readiness.add("haproxy", move || {
+        let s = status.read().expect("status lock");
+        match (&s.waiting, s.serving) {
+            (_, true) => Ok(()),
+            (Some(why), false) => Err(why.clone()),
+            (None, false) => Err("HAProxy is not running".into()),
+        }
+    });
+    let admin_addr = args.common.admin_addr.unwrap_or(DEFAULT_ADMIN.parse().expect("valid default"));
+    let _admin = admin::AdminServer::start(admin_addr, metrics, readiness).await.context("admin server")?;
+    shutdown::on_hangup(|| tracing::info!("SIGHUP: nothing to reload, the configuration follows the state in NATS"));
+    controller.run(cache, shutdown::signal()).await
 }
