@@ -906,8 +906,12 @@ fn health_check(v: &Node, at: &str, p: &mut Problems) -> Option<HealthCheck> {
     }
     let request_line = v.get("request_line").and_then(|n| string(n, &format!("{at}.request_line"), p));
     if let Some(line) = request_line.as_deref().filter(|l| !l.is_empty()) {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if parts.len() < 2 || !parts[1].starts_with('/') {
+        // What the checker can put on an `option httpchk` line as the user meant it: 2-3 words of
+        // printable ASCII; a newline (or a quote, `#`, `\`) would change HAProxy's configuration.
+        let printable =
+            line.chars().all(|c| c.is_ascii_graphic() || c == ' ') && !line.contains(['"', '\'', '\\', '#']);
+        let parts: Vec<&str> = line.split(' ').filter(|w| !w.is_empty()).collect();
+        if !printable || parts.len() < 2 || parts.len() > 3 || !parts[1].starts_with('/') {
             p.add(
                 v.get("request_line").map(|n| n.pos).unwrap_or(v.pos),
                 &format!("{at}.request_line"),

@@ -407,3 +407,28 @@ async fn a_container_that_never_becomes_healthy_is_damped() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(w.containers().await[0].uuid, last.uuid, "no more replacements");
 }
+
+#[test]
+fn bad_health_checks_are_refused_at_deploy_up() {
+    let cases = [
+        ("{port: 0}", "web.health_check.port"),
+        ("{port: 80, interval: -2000}", "web.health_check.interval"),
+        ("{port: 80, healthy_threshold: 0}", "web.health_check.healthy_threshold"),
+        ("{port: 80, unhealthy_threshold: 0}", "web.health_check.unhealthy_threshold"),
+        (r#"{port: 80, request_line: "GET /ok HTTP/1.0\nHost: x"}"#, "web.health_check.request_line"),
+        (r#"{port: 80, request_line: "GET /ok HTTP/1.0\r\nHost: x"}"#, "web.health_check.request_line"),
+    ];
+    for (hc, field) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let compose = dir.path().join("docker-compose.yml");
+        let rancher = dir.path().join("rancher-compose.yml");
+        std::fs::write(&compose, "web:\n  image: a\n").unwrap();
+        std::fs::write(&rancher, format!("web:\n  health_check: {hc}\n")).unwrap();
+        let (code, _, err) = common::deploy(
+            &["validate", "-f", compose.to_str().unwrap(), "-r", rancher.to_str().unwrap(), "-p", "app"],
+            "nats://127.0.0.1:1",
+        );
+        assert_eq!(code, 2, "{hc}: accepted");
+        assert!(err.contains("rancher-compose.yml:2:") && err.contains(field), "{hc}: {err}");
+    }
+}
