@@ -24,16 +24,13 @@ struct Load {
 
 impl Load {
     fn start(port: u16, workers: usize, per_second: u64) -> Load {
-        let (stop, ok, failed, errors) =
-            (Arc::new(AtomicBool::new(false)), Arc::default(), Arc::default(), Arc::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok: Arc<AtomicU64> = Arc::default();
+        let failed: Arc<AtomicU64> = Arc::default();
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let tasks = (0..workers)
             .map(|_| {
-                let (stop, ok, failed, errors): (
-                    Arc<AtomicBool>,
-                    Arc<AtomicU64>,
-                    Arc<AtomicU64>,
-                    Arc<Mutex<Vec<String>>>,
-                ) = (stop.clone(), Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&errors));
+                let (stop, ok, failed, errors) = (stop.clone(), ok.clone(), failed.clone(), errors.clone());
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
