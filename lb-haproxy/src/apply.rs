@@ -463,7 +463,7 @@ impl Controller {
                 &format!("certificate {:?}", c.name),
             );
         }
-        out
+        quote_lines(&out, &r.text)
     }
 
     fn clean_certs(&self) {
@@ -504,6 +504,26 @@ async fn expect(h: &Haproxy, cmd: &str, ok: impl Fn(&str) -> bool) -> Result<Str
     }
 }
 
+/// After each `[haproxy.cfg:N]` HAProxy names, the line itself: the user wrote `lb_config`, not
+/// the generated file, and needs to see which of their lines it is.
+fn quote_lines(output: &str, config: &str) -> String {
+    let lines: Vec<&str> = config.lines().collect();
+    output
+        .lines()
+        .map(|l| {
+            let n = l
+                .split_once("[haproxy.cfg:")
+                .and_then(|(_, rest)| rest.split(']').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            match n.and_then(|n| lines.get(n.wrapping_sub(1))) {
+                Some(text) => format!("{l} (the line is `{}`)", text.trim()),
+                None => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn same_structure(a: &Rendered, b: &Rendered) -> bool {
     a.structure == b.structure
         && a.certs == b.certs
@@ -537,6 +557,14 @@ mod tests {
 
     fn ep(name: &str, addr: &str) -> Endpoint {
         Endpoint { name: name.into(), addr: addr.parse().unwrap() }
+    }
+
+    #[test]
+    fn haproxy_errors_quote_the_line() {
+        let out = "[ALERT]    (1) : config : parsing [haproxy.cfg:2] : unexpected character 'b'\n[ALERT] fatal";
+        let q = quote_lines(out, "defaults\n    timeout client banana\n");
+        assert!(q.contains("'b' (the line is `timeout client banana`)"), "{q}");
+        assert!(q.ends_with("[ALERT] fatal"));
     }
 
     #[test]

@@ -137,6 +137,10 @@ impl Lb {
         metric(&self.metrics(), prefix)
     }
 
+    pub fn ready(&self) -> bool {
+        http_status(self.admin, "/readyz") == 200
+    }
+
     pub fn reloads(&self) -> f64 {
         self.metric("corral_lb_reloads_total{result=\"ok\"}")
     }
@@ -224,20 +228,24 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    /// While set, `/healthz` answers 503.
+    pub sick: Arc<std::sync::atomic::AtomicBool>,
     accept: Option<tokio::task::JoinHandle<()>>,
     tcp: bool,
 }
 
 impl Backend {
     pub async fn http(name: &str, addr: SocketAddr) -> Backend {
-        let mut b = Backend { name: name.into(), addr, hits: Arc::default(), accept: None, tcp: false };
+        let mut b =
+            Backend { name: name.into(), addr, hits: Arc::default(), sick: Arc::default(), accept: None, tcp: false };
         b.start().await;
         b
     }
 
     /// A TCP server that writes `<name>:` and then echoes what it reads.
     pub async fn echo(name: &str, addr: SocketAddr) -> Backend {
-        let mut b = Backend { name: name.into(), addr, hits: Arc::default(), accept: None, tcp: true };
+        let mut b =
+            Backend { name: name.into(), addr, hits: Arc::default(), sick: Arc::default(), accept: None, tcp: true };
         b.start().await;
         b
     }
@@ -252,14 +260,14 @@ impl Backend {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
-        let (name, hits, tcp) = (self.name.clone(), self.hits.clone(), self.tcp);
+        let (name, hits, tcp, sick) = (self.name.clone(), self.hits.clone(), self.tcp, self.sick.clone());
         self.accept = Some(tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else { continue };
-                let (name, hits) = (name.clone(), hits.clone());
+                let (name, hits, sick) = (name.clone(), hits.clone(), sick.clone());
                 tokio::spawn(async move {
-                    hits.fetch_add(1, Ordering::Relaxed);
                     if tcp {
+                        hits.fetch_add(1, Ordering::Relaxed);
                         let _ = s.write_all(format!("{name}:").as_bytes()).await;
                         let mut buf = [0u8; 4096];
                         while let Ok(n) = s.read(&mut buf).await {
@@ -278,7 +286,12 @@ impl Backend {
                         }
                     }
                     let head = String::from_utf8_lossy(&req);
-                    let status = if head.starts_with("GET /fail") { "503 Service Unavailable" } else { "200 OK" };
+                    let check = head.starts_with("GET /healthz");
+                    if !check {
+                        hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let status =
+                        if check && sick.load(Ordering::Relaxed) { "503 Service Unavailable" } else { "200 OK" };
                     let resp = format!(
                         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
                         name.len()
