@@ -44,11 +44,13 @@ fn environment() -> Snapshot {
 fn bench(c: &mut Criterion) {
     let snap = environment();
     let hosts = live_hosts(&snap, 0, u64::MAX);
-    let p = place(&snap, &hosts, &Counters::default());
+    let p = place(&snap, &hosts, &Counters::default(), 0);
     assert_eq!(p.create.len(), 5000, "{:?}", p.unplaceable);
     let mut g = c.benchmark_group("schedule");
     g.sample_size(20);
-    g.bench_function("place 5,000 containers on 100 hosts", |b| b.iter(|| place(&snap, &hosts, &Counters::default())));
+    g.bench_function("place 5,000 containers on 100 hosts", |b| {
+        b.iter(|| place(&snap, &hosts, &Counters::default(), 0))
+    });
     g.finish();
 }
 

@@ -40,6 +40,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// DNS servers given to containers (rancher-dns); none: Docker's default.
     pub dns: Vec<String>,
+    /// How long a container gets to stop after SIGTERM (upgrades stop old containers).
+    pub stop_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,20 @@ pub async fn reconcile(
     for c in order {
         let status = snap.status(&c.uuid);
         let start_count = status.map(|st| st.start_count).unwrap_or(0);
+        // Stopped by an upgrade: stop it (kept for a rollback) and never start it again.
+        if c.desired_state == "stopped" {
+            if let Some(r) = ours.get(&c.uuid) {
+                if r.running {
+                    let t = s.stop_timeout.as_secs().max(1) as i32;
+                    let options = bollard::query_parameters::StopContainerOptionsBuilder::new().t(t).build();
+                    docker.stop_container(&r.id, Some(options)).await?;
+                    tracing::info!(container = %c.name, "stopped (upgrade)");
+                }
+                report(store, &snap, c, &r.id, "stopped", start_count, None, s).await?;
+                reported.insert(c.uuid.clone());
+            }
+            continue;
+        }
         let (id, started) = match ours.get(&c.uuid) {
             Some(r) if r.running => (r.id.clone(), false),
             Some(r) => {

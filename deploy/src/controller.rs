@@ -176,15 +176,16 @@ async fn reconcile(
     let snap = cache.snapshot();
     let hosts = liveness.live(&snap, s.heartbeat_timeout);
     let host_keys: Vec<HostKey> = hosts.iter().map(|h| (h.uuid.clone(), h.labels.clone(), h.subnet.clone())).collect();
-    if let Some((old, keys)) = &held.last_input {
+    // An upgrade waits on time (its interval) as well as on state: no skipping while one runs.
+    if let Some((old, keys)) = held.last_input.as_ref().filter(|_| held.book.counters.batches.is_empty()) {
         use event_bus::Family as F;
         if *keys == host_keys && !snap.differs_from(old, &[F::Stack, F::Service, F::Container, F::Status]) {
             return Ok(());
         }
     }
-    let p = place(&snap, &hosts, &held.book.counters);
+    let p = place(&snap, &hosts, &held.book.counters, now_ms());
     let book = Book { counters: p.counters.clone(), unplaceable: p.unplaceable.clone() };
-    if p.create.is_empty() && p.remove.is_empty() && book == held.book {
+    if p.create.is_empty() && p.remove.is_empty() && p.update.is_empty() && book == held.book {
         held.last_input = Some((snap.clone(), host_keys));
         return Ok(());
     }
@@ -201,6 +202,9 @@ async fn reconcile(
         // Create, not put: a record that exists already means another controller wrote it.
         last = store.create::<Container>(c).await?;
     }
+    for c in &p.update {
+        last = store.put::<Container>(c).await?;
+    }
     for uuid in &p.remove {
         store.delete(&Key::new(Family::Container, uuid.as_str())?).await?;
         last = store.version().await?;
@@ -210,8 +214,8 @@ async fn reconcile(
     if cache.version() < last && cache.wait_newer(last - 1, s.lease_ttl / 3).await.is_none() {
         tracing::warn!(revision = last, "the state cache has not caught up with our own writes yet");
     }
-    if !p.create.is_empty() || !p.remove.is_empty() {
-        tracing::info!(created = p.create.len(), removed = p.remove.len(), "placed");
+    if !p.create.is_empty() || !p.remove.is_empty() || !p.update.is_empty() {
+        tracing::info!(created = p.create.len(), removed = p.remove.len(), changed = p.update.len(), "placed");
     }
     Ok(())
 }

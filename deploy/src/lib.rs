@@ -16,6 +16,7 @@
 //! - [`plan`]: the changes `up` makes, and applying them;
 //! - [`ports`]: compose port specs, for checks, port conflicts and Docker bindings;
 //! - [`ps`]: what runs, for `deploy ps`;
+//! - [`upgrade`]: in-service upgrades: versions, begin, confirm, rollback;
 //! - [`template`]: the Go-template subset of catalog `.tpl` files;
 //! - [`problem`]: errors that point into the user's files.
 
@@ -36,4 +37,5 @@ pub mod ps;
 pub mod schedule;
 pub mod stackfile;
 pub mod template;
+pub mod upgrade;
 pub mod yaml;

@@ -312,6 +312,7 @@ pub async fn up(
         network: m.network(),
         heartbeat: Duration::from_secs(5),
         dns: vec![gw.to_string()],
+        stop_timeout: Duration::from_secs(10),
     };
     agent::ensure_network(&docker, &settings).await?;
 

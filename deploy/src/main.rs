@@ -32,6 +32,23 @@ enum Command {
         /// Show the plan only; write nothing.
         #[arg(long, env = "CORRAL_DEPLOY_DRY_RUN")]
         dry_run: bool,
+        /// Replace the containers of services whose launch config changed, in batches
+        /// (`upgrade_strategy` in rancher-compose.yml: batch_size, interval_millis, start_first).
+        #[arg(short = 'u', long, env = "CORRAL_DEPLOY_UPGRADE", conflicts_with_all = ["confirm_upgrade", "rollback"])]
+        upgrade: bool,
+        /// Units replaced at a time (default: the service's upgrade_strategy, else 2).
+        #[arg(long, env = "CORRAL_DEPLOY_BATCH_SIZE", requires = "upgrade", value_parser = clap::value_parser!(u32).range(1..))]
+        batch_size: Option<u32>,
+        /// Milliseconds between batches (default: the service's upgrade_strategy, else 1000).
+        #[arg(long, env = "CORRAL_DEPLOY_INTERVAL", requires = "upgrade")]
+        interval: Option<u64>,
+        /// Finish an upgrade that is done: the old (stopped) containers are removed.
+        #[arg(short = 'c', long, env = "CORRAL_DEPLOY_CONFIRM_UPGRADE", conflicts_with = "rollback")]
+        confirm_upgrade: bool,
+        /// Undo an upgrade: the previous launch config back, the old containers started again,
+        /// the new ones removed.
+        #[arg(long, env = "CORRAL_DEPLOY_ROLLBACK")]
+        rollback: bool,
     },
     /// Remove a stack: its services, then the stack (recorded, so `rollback` can bring it back).
     Rm {
@@ -96,6 +113,9 @@ enum Command {
         /// DNS servers for containers (rancher-dns), comma-separated; default: Docker's.
         #[arg(long, env = "CORRAL_DEPLOY_CONTAINER_DNS", value_delimiter = ',')]
         container_dns: Vec<String>,
+        /// How long a container gets to stop after SIGTERM before it is killed (upgrades).
+        #[arg(long, env = "CORRAL_DEPLOY_STOP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+        stop_timeout: std::time::Duration,
     },
     /// Everything on this machine from one command: `deploy local up web-lb` starts a private
     /// NATS, the controller, an agent on the local Docker engine, rancher-dns and
@@ -497,7 +517,17 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
     };
     match &cli.command {
         Command::Validate(_) | Command::Catalog { .. } | Command::Local { .. } => unreachable!("handled before"),
-        Command::Agent { host_uuid, host_name, agent_ip, subnet, labels, network, heartbeat, container_dns } => {
+        Command::Agent {
+            host_uuid,
+            host_name,
+            agent_ip,
+            subnet,
+            labels,
+            network,
+            heartbeat,
+            container_dns,
+            stop_timeout,
+        } => {
             let default_name = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
             let host_uuid = host_uuid.clone().unwrap_or_else(|| default_name.clone());
             let mut host_labels = event_bus::model::Labels::new();
@@ -517,6 +547,7 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
                 subnet: subnet.clone(),
                 heartbeat: *heartbeat,
                 dns: container_dns.clone(),
+                stop_timeout: *stop_timeout,
             };
             let docker = bollard::Docker::connect_with_local_defaults()?;
             let metrics = event_bus::runtime::metrics::Metrics::new();
@@ -587,9 +618,48 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
             }
             deploy::controller::release(&store, &holder).await;
         }
-        Command::Up { dry_run, .. } => {
+        Command::Up { dry_run, upgrade, batch_size, interval, confirm_upgrade, rollback, .. } => {
             let d = desired.expect("loaded above");
-            report(apply::run(&store, &history, &d.stack.name, Some(d), Scale::Keep, "up", *dry_run).await?);
+            let stack = d.stack.name.clone();
+            let current = plan::current(&store, &stack).await?;
+            if *confirm_upgrade || *rollback {
+                return finish_upgrade(&store, &history, &bus, &stack, *rollback, *dry_run).await;
+            }
+            let mut d = d.clone();
+            let mut upgraded = Vec::new();
+            for s in d.services.iter_mut() {
+                let Some(old) = current.get(&s.name) else { continue };
+                plan::keep_unexpressed(old, s);
+                let changed = deploy::upgrade::version(old) != deploy::upgrade::version(s);
+                if changed && old.state == "upgrading" {
+                    eprintln!(
+                        "service {} is being upgraded (state {}): finish with --confirm-upgrade or --rollback before changing it again",
+                        s.name, old.state
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                if *upgrade {
+                    if let Err(e) = deploy::upgrade::begin(old, s, *batch_size, *interval)
+                        .map(|b| b.then(|| upgraded.push(s.name.clone())))
+                    {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::from(2));
+                    }
+                } else if changed {
+                    println!(
+                        "note: the launch config of {} changed; its running containers keep the old one until `deploy up --upgrade` (new containers use the new one)",
+                        s.name
+                    );
+                }
+            }
+            let command = if *upgrade { "up --upgrade" } else { "up" };
+            report(apply::run(&store, &history, &stack, Some(&d), Scale::Exact, command, *dry_run).await?);
+            if !upgraded.is_empty() && !*dry_run {
+                println!(
+                    "upgrading {} in batches; `deploy ps {stack}` shows the progress, then `deploy up --confirm-upgrade` (or --rollback)",
+                    upgraded.join(", ")
+                );
+            }
         }
         Command::Rm { stack, dry_run } => {
             if store.get::<event_bus::model::Stack>(&deploy::compose::stack_id(stack)).await?.is_none() {
@@ -748,6 +818,56 @@ fn catalog_command(command: &CatalogCommand, root: &std::path::Path) -> Result<(
         }
     }
     Ok(())
+}
+
+/// `up --confirm-upgrade` / `up --rollback` on every service of the stack being upgraded.
+/// Confirming needs the upgrade done (no old container running), as Rancher's finishupgrade.
+async fn finish_upgrade(
+    store: &StateStore,
+    history: &History,
+    bus: &Bus,
+    stack: &str,
+    rollback: bool,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(mut d) = stored(store, stack).await? else {
+        eprintln!("no stack {stack:?}");
+        return Ok(ExitCode::from(2));
+    };
+    let metrics = event_bus::runtime::metrics::Metrics::new();
+    let snap = event_bus::StateCache::start(bus, &metrics).await?.snapshot();
+    let mut touched = Vec::new();
+    for s in d.services.iter_mut() {
+        if s.state != "upgrading" {
+            continue;
+        }
+        if !rollback {
+            let version = deploy::upgrade::version(s);
+            let old = snap
+                .containers_of_service(&s.uuid)
+                .filter(|c| c.desired_state != "stopped" && deploy::upgrade::stale(c, &version))
+                .count();
+            if old > 0 {
+                eprintln!("service {}: {old} old container(s) still run; wait for the upgrade to finish (deploy ps {stack}) or --rollback", s.name);
+                return Ok(ExitCode::from(2));
+            }
+        }
+        let done = if rollback { deploy::upgrade::rollback(s) } else { deploy::upgrade::confirm(s) };
+        if done {
+            touched.push(s.name.clone());
+        }
+    }
+    if touched.is_empty() {
+        eprintln!("stack {stack:?} has no service being upgraded");
+        return Ok(ExitCode::from(2));
+    }
+    let command = if rollback { "up --rollback" } else { "up --confirm-upgrade" };
+    let applied = apply::run(store, history, stack, Some(&d), Scale::Exact, command, dry_run).await?;
+    print!("{}", applied.plan);
+    if let Some(rev) = applied.revision {
+        println!("applied as revision {rev}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The stack as NATS holds it now.

@@ -135,14 +135,7 @@ pub fn plan(
             Some(old) => {
                 let mut new = svc.clone();
                 if scale == Scale::Keep {
-                    new.scale = old.scale;
-                    new.vip = old.vip.clone();
-                    new.fqdn = old.fqdn.clone();
-                    new.token = old.token.clone();
-                    new.create_index = old.create_index;
-                    new.system = old.system;
-                    new.state = old.state.clone();
-                    new.selector_container = old.selector_container.clone();
+                    keep_unexpressed(old, &mut new);
                 }
                 let mut fields = Vec::new();
                 diff(
@@ -179,6 +172,23 @@ pub fn plan(
         stack_changes,
         changes,
         result,
+    }
+}
+
+/// What `up` keeps from a service that exists: its scale (as rancher-compose), and the fields
+/// the stack files cannot express (`vip`, `fqdn`, `token`, `create_index`, `system`, `state`,
+/// `selector_container`, an upgrade in progress).
+pub fn keep_unexpressed(old: &Service, new: &mut Service) {
+    new.scale = old.scale;
+    new.vip = old.vip.clone();
+    new.fqdn = old.fqdn.clone();
+    new.token = old.token.clone();
+    new.create_index = old.create_index;
+    new.system = old.system;
+    new.state = old.state.clone();
+    new.selector_container = old.selector_container.clone();
+    if let Some(u) = old.extra.get(crate::upgrade::UPGRADE) {
+        new.extra.insert(crate::upgrade::UPGRADE.into(), u.clone());
     }
 }
 

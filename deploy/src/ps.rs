@@ -26,6 +26,8 @@ pub struct ContainerRow {
     pub ip: String,
     pub state: String,
     pub health: String,
+    /// `running`, or `stopped` for an old container an upgrade stopped.
+    pub desired_state: String,
     /// What went wrong, when the agent could not run it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -45,6 +47,15 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
         services.sort_by(|a, b| a.name.cmp(&b.name));
         for svc in services {
             let mut containers: Vec<_> = snap.containers_of_service(&svc.uuid).collect();
+            // An upgrade is done when no container of an older version runs (crate::upgrade).
+            let version = crate::upgrade::version(svc);
+            let old_running =
+                containers.iter().any(|c| c.desired_state != "stopped" && crate::upgrade::stale(c, &version));
+            let state = match svc.state.as_str() {
+                "upgrading" if !old_running => "upgraded".to_string(),
+                "rolling-back" if !old_running => "active".to_string(),
+                other => other.to_string(),
+            };
             containers.sort_by(|a, b| (a.create_index, &a.name).cmp(&(b.create_index, &b.name)));
             out.push(ServiceRow {
                 stack: st.name.clone(),
@@ -55,7 +66,7 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
                     .unwrap_or_default(),
                 scale: svc.scale,
                 global: svc.launch_config.labels.get(crate::schedule::GLOBAL).is_some_and(|v| v == "true"),
-                state: svc.state.clone(),
+                state,
                 unplaceable: book.unplaceable.get(&svc.uuid).cloned(),
                 containers: containers
                     .iter()
@@ -70,6 +81,7 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
                         ip: c.primary_ip.clone().unwrap_or_default(),
                         state: snap.status(&c.uuid).map(|s| s.state.clone()).unwrap_or_else(|| "starting".into()),
                         health: snap.health(&c.uuid).map(|h| h.health_state.clone()).unwrap_or_default(),
+                        desired_state: c.desired_state.clone(),
                         error: snap.status(&c.uuid).and_then(|s| s.error.clone()),
                         sidekick: c.launch_config_name.as_deref().is_some_and(|n| n != svc.name),
                     })
@@ -84,11 +96,12 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
 /// container runs (and is healthy, where it is health-checked).
 pub fn settled(rows: &[ServiceRow]) -> bool {
     rows.iter().filter(|r| !matches!(r.kind.as_str(), "externalService" | "dnsService")).all(|r| {
-        let primaries = r.containers.iter().filter(|c| !c.sidekick).count();
+        let wanted: Vec<&ContainerRow> = r.containers.iter().filter(|c| c.desired_state != "stopped").collect();
+        let primaries = wanted.iter().filter(|c| !c.sidekick).count();
         let enough = if r.global { primaries >= 1 } else { primaries >= r.scale.unwrap_or(1) as usize };
         r.unplaceable.is_none()
             && enough
-            && r.containers.iter().all(|c| c.state == "running" && matches!(c.health.as_str(), "" | "healthy"))
+            && wanted.iter().all(|c| c.state == "running" && matches!(c.health.as_str(), "" | "healthy"))
     })
 }
 
@@ -101,7 +114,11 @@ pub fn table(rows: &[ServiceRow]) -> String {
             out.push_str(&format!("  cannot be placed: {why}\n"));
         }
         for c in &r.containers {
-            out.push_str(&format!("  {:<40} {:<12} {:<15} {:<10} {}\n", c.name, c.host, c.ip, c.state, c.health));
+            let error = c.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
+            out.push_str(&format!(
+                "  {:<40} {:<12} {:<15} {:<10} {}{error}\n",
+                c.name, c.host, c.ip, c.state, c.health
+            ));
         }
     }
     out

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use event_bus::model::{Container, Extra, Host, Service, ServiceKind};
+use event_bus::model::{Container, Host, Service, ServiceKind};
 use event_bus::Snapshot;
 use serde::{Deserialize, Serialize};
 
@@ -30,12 +30,29 @@ pub const REQUESTED_HOST: &str = "io.rancher.service.requested.host.id";
 pub const REQUESTED_IP: &str = "io.rancher.container.requested_ip";
 const AFFINITY: &str = "io.rancher.scheduler.affinity:";
 
-/// Counters that only grow (kept by the active controller with its lease).
+/// What placement must remember from one pass to the next (kept by the active controller with
+/// its lease): counters that only grow, and the batches of upgrades in progress.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     pub next_create_index: u64,
     /// Per service uuid: the next service index.
     pub next_service_index: BTreeMap<String, u64>,
+    /// Per upgrading service: its current batch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub batches: BTreeMap<String, Batch>,
+}
+
+/// One batch of an in-service upgrade ([`crate::upgrade`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// When it began (ms); the next begins `interval` later at the earliest.
+    pub at_ms: u64,
+    /// Primaries of the units it created or started again: the next step waits until they run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub started: Vec<String>,
+    /// With `start_first`: primaries of the old units to stop once `started` run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +61,8 @@ pub struct Placement {
     pub create: Vec<Container>,
     /// Container uuids to remove (beyond scale, on hosts that no longer qualify, orphans).
     pub remove: Vec<String>,
+    /// Containers whose `desired_state` changes (stopped or started again by an upgrade).
+    pub update: Vec<Container>,
     /// Services that could not be (fully) placed, and why.
     pub unplaceable: BTreeMap<String, String>,
     pub counters: Counters,
@@ -184,8 +203,11 @@ fn units<'a>(snap: &'a Snapshot, svc: &'a Service) -> BTreeMap<u64, Vec<&'a Arc<
 /// Rules are applied when a unit is placed, as in Rancher: a unit that runs on a live host
 /// stays there (it is not moved because a label changed, and a service's rule against its own
 /// containers does not evict the unit the rule sees).
-pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Placement {
+///
+/// `now_ms` paces upgrade batches.
+pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: u64) -> Placement {
     let mut out = Placement { counters: floor(snap, counters), ..Default::default() };
+    out.counters.batches.clear();
     // What runs where, including what this placement adds as it goes.
     let mut load: HashMap<String, HostLoad> = HashMap::new();
     let mut used_ips: HashMap<String, BTreeSet<Ipv4Addr>> = HashMap::new();
@@ -265,6 +287,20 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
             .collect();
         let wanted_fixed = svc.scale.unwrap_or(1) as usize;
         let mut kept_hosts: Vec<String> = Vec::new();
+        // In-service upgrades: units of another version than the service's are replaced in
+        // batches while the service is upgrading or rolling back (crate::upgrade).
+        let upgrading = crate::upgrade::in_progress(svc);
+        let rolling_back = svc.state == "rolling-back";
+        let version = crate::upgrade::version(svc);
+        let mut batch = match upgrading {
+            true => counters.batches.get(&svc.uuid).cloned().unwrap_or_default(),
+            false => Batch::default(),
+        };
+        let (batch_size, interval_ms, start_first) = crate::upgrade::Upgrade::of(svc)
+            .map(|u| (u.batch_size.max(1) as usize, u.interval_ms, u.start_first && !global))
+            .unwrap_or((crate::upgrade::DEFAULT_BATCH_SIZE as usize, crate::upgrade::DEFAULT_INTERVAL_MS, false));
+        let mut running: Vec<(String, Vec<&Arc<Container>>)> = Vec::new();
+        let mut revivable: std::collections::VecDeque<(String, Vec<&Arc<Container>>)> = Default::default();
         for (_, containers) in units(snap, svc) {
             let host = containers.first().and_then(|c| c.host_uuid.clone()).unwrap_or_default();
             // One container per launch config, the oldest; extras and stray configs go.
@@ -283,15 +319,80 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
             let complete = lcs.iter().all(|lc| by_lc.contains_key(lc))
                 && !by_lc.values().any(|c| snap.status(&c.uuid).is_some_and(|st| st.state == "removed"));
             let live = host_ids.contains(host.as_str());
+            let members: Vec<&Arc<Container>> = by_lc.values().copied().collect();
+            let Some(primary) = by_lc.get(&None).filter(|_| complete && live) else {
+                out.remove.extend(members.iter().map(|c| c.uuid.clone()));
+                continue;
+            };
+            let stale = crate::upgrade::stale(primary, &version);
+            match (primary.desired_state == "stopped", upgrading) {
+                (false, _) => running.push((host, members)),
+                // An old unit an upgrade stopped: kept until confirmed or rolled back.
+                (true, true) if stale && !rolling_back => {}
+                // Of the version rolled back to: started again as room opens.
+                (true, true) if !stale => revivable.push_back((host, members)),
+                // Confirmed (or rolled back past): stopped units go.
+                _ => out.remove.extend(members.iter().map(|c| c.uuid.clone())),
+            }
+        }
+        // An old unit leaves: stopped (kept for a rollback), or when rolling back removed.
+        let retire = |members: &[&Arc<Container>], out: &mut Placement| {
+            for c in members {
+                if rolling_back {
+                    out.remove.push(c.uuid.clone());
+                } else {
+                    let mut stopped = (***c).clone();
+                    stopped.desired_state = "stopped".into();
+                    out.update.push(stopped);
+                }
+            }
+        };
+        if upgrading {
+            let started_run = batch.started.iter().all(|u| snap.status(u).is_some_and(|st| st.state == "running"));
+            let old: Vec<String> = running
+                .iter()
+                .map(|(_, m)| m[0])
+                .filter(|p| crate::upgrade::stale(p, &version) && !batch.stop.contains(&p.uuid))
+                .map(|p| p.uuid.clone())
+                .collect();
+            if started_run && !batch.stop.is_empty() {
+                // Their replacements run: the old units of this batch stop now.
+                for uuid in std::mem::take(&mut batch.stop) {
+                    if let Some(i) = running.iter().position(|(_, m)| m[0].uuid == uuid) {
+                        let (_, members) = running.remove(i);
+                        retire(&members, &mut out);
+                    }
+                }
+                batch.started.clear();
+            } else if started_run && batch.stop.is_empty() && !old.is_empty() && now_ms >= batch.at_ms + interval_ms {
+                let chosen: Vec<String> = old.into_iter().take(batch_size).collect();
+                batch = Batch { at_ms: now_ms, started: Vec::new(), stop: Vec::new() };
+                if start_first {
+                    batch.stop = chosen;
+                } else {
+                    for uuid in chosen {
+                        if let Some(i) = running.iter().position(|(_, m)| m[0].uuid == uuid) {
+                            let (_, members) = running.remove(i);
+                            retire(&members, &mut out);
+                        }
+                    }
+                }
+            }
+        }
+        for (host, members) in running {
+            // Old units waiting for their replacements do not count against the scale.
+            if batch.stop.contains(&members[0].uuid) {
+                continue;
+            }
             let room = if global {
                 !kept_hosts.contains(&host) && base.iter().any(|h| h.uuid == host)
             } else {
                 kept_hosts.len() < wanted_fixed
             };
-            if complete && live && room {
+            if room {
                 kept_hosts.push(host);
             } else {
-                out.remove.extend(by_lc.values().map(|c| c.uuid.clone()));
+                out.remove.extend(members.iter().map(|c| c.uuid.clone()));
             }
         }
 
@@ -322,6 +423,21 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
             let wanted = if global { base.len() } else { wanted_fixed };
             if kept_hosts.len() >= wanted {
                 break;
+            }
+            // Rolling back: the old units start again before any new one is made.
+            if let Some((host, members)) = revivable.pop_front() {
+                if global && kept_hosts.contains(&host) {
+                    out.remove.extend(members.iter().map(|c| c.uuid.clone()));
+                    continue;
+                }
+                for c in &members {
+                    let mut started = (***c).clone();
+                    started.desired_state = "running".into();
+                    out.update.push(started);
+                }
+                batch.started.push(members[0].uuid.clone());
+                kept_hosts.push(host);
+                continue;
             }
             let mut blocked = Vec::new();
             let candidates: Vec<&Arc<Host>> = base
@@ -365,15 +481,8 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
             };
             // Indexes are only taken for a unit that is placed whole.
             let before = out.counters.clone();
-            match unit_on(
-                svc,
-                stack,
-                host,
-                &lcs,
-                &requested_ips,
-                &mut out.counters,
-                used_ips.entry(host.uuid.clone()).or_default(),
-            ) {
+            let what = What { svc, stack, lcs: &lcs, requested_ips: &requested_ips, version: &version };
+            match unit_on(&what, host, &mut out.counters, used_ips.entry(host.uuid.clone()).or_default()) {
                 Ok(unit) => {
                     let l = load.entry(host.uuid.clone()).or_default();
                     l.total += unit.len();
@@ -383,6 +492,11 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
                         l.names.insert(Cow::Owned(c.name.clone()));
                     }
                     kept_hosts.push(host.uuid.clone());
+                    if upgrading {
+                        batch
+                            .started
+                            .extend(unit.iter().filter(|c| c.launch_config_name.is_none()).map(|c| c.uuid.clone()));
+                    }
                     out.create.extend(unit);
                 }
                 Err(reason) => {
@@ -391,6 +505,9 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters) -> Place
                     break;
                 }
             }
+        }
+        if upgrading {
+            out.counters.batches.insert(svc.uuid.clone(), batch);
         }
     }
     // Containers of services or stacks that are gone or removed, and of hosts that are gone.
@@ -426,17 +543,26 @@ fn floor(snap: &Snapshot, counters: &Counters) -> Counters {
     out
 }
 
+/// What a unit of a service is made of.
+struct What<'a> {
+    svc: &'a Service,
+    stack: &'a event_bus::model::Stack,
+    /// The launch configs: `None` for the primary, then the sidekicks' names.
+    lcs: &'a [Option<&'a str>],
+    requested_ips: &'a [Ipv4Addr],
+    /// The service's launch config version ([`crate::upgrade::version`]).
+    version: &'a str,
+}
+
 /// A unit (primary + sidekicks) on `host`, with names, indexes and addresses; `Err` (with the
 /// reason) when an address cannot be given.
 fn unit_on(
-    svc: &Service,
-    stack: &event_bus::model::Stack,
+    what: &What,
     host: &Host,
-    lcs: &[Option<&str>],
-    requested_ips: &[Ipv4Addr],
     counters: &mut Counters,
     used: &mut BTreeSet<Ipv4Addr>,
 ) -> Result<Vec<Container>, String> {
+    let What { svc, stack, lcs, requested_ips, version } = *what;
     let subnet = host.subnet.as_deref().and_then(parse_subnet).ok_or_else(|| format!("{} has no subnet", host.name))?;
     let service_index = counters.next_service_index.entry(svc.uuid.clone()).or_insert(1);
     let n = *service_index;
@@ -495,7 +621,7 @@ fn unit_on(
             desired_state: "running".into(),
             system: svc.system,
             environment_uuid: stack.environment_uuid.clone(),
-            extra: Extra::new(),
+            extra: [(crate::upgrade::VERSION.to_string(), serde_json::Value::from(version))].into_iter().collect(),
         };
         match lc.network_mode.as_deref() {
             Some(m) if m.starts_with("container:") => {}

@@ -24,58 +24,82 @@ async fn statuses(store: &StateStore) -> Vec<(Container, Option<ContainerStatus>
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stacks_run_on_docker() {
-    require_image();
-    let pid = std::process::id();
-    let host = format!("h{pid}");
-    let network = format!("corral-test-{pid}");
-    // A /24 no Docker network uses yet.
-    let taken = docker(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", "bridge", "host"]);
-    let all_nets = docker(&["network", "ls", "-q"]);
-    let mut used = taken;
-    for id in all_nets.split_whitespace() {
-        used.push(' ');
-        used.push_str(&docker(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", id]));
-    }
-    let third = (0..100)
-        .map(|i| 100 + (pid + i) % 100)
-        .find(|t| !used.contains(&format!("10.42.{t}.0/24")))
-        .expect("a free /24");
-    let _cleanup = DockerCleanup { host: host.clone(), network: network.clone() };
-    let nats = NatsServer::start();
-    let url = nats.url();
-    let bus = Bus::connect(&NatsOptions::new(url.clone()), "default", Duration::from_secs(10)).await.unwrap();
-    let store = provision(&bus, &Provision::default()).await.unwrap();
+/// One host on the real Docker engine: a private NATS, a controller, an agent with a /24 that no
+/// Docker network uses yet, and clean-up of what the test made.
+struct Host1 {
+    host: String,
+    network: String,
+    subnet: String,
+    url: String,
+    store: StateStore,
+    _controller: Terminate,
+    _nats: NatsServer,
+    _cleanup: DockerCleanup,
+}
 
-    let _controller = Terminate(
-        Command::new(env!("CARGO_BIN_EXE_deploy"))
-            .args(["controller", "--lease-ttl", "2s", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
-            .env("CORRAL_NATS_URL", &url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let agent = || {
+impl Host1 {
+    async fn start(tag: &str) -> Host1 {
+        require_image();
+        let pid = std::process::id();
+        let host = format!("{tag}{pid}");
+        let network = format!("corral-test-{tag}{pid}");
+        let mut used =
+            docker(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", "bridge", "host"]);
+        for id in docker(&["network", "ls", "-q"]).split_whitespace() {
+            used.push(' ');
+            used.push_str(&docker(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", id]));
+        }
+        let third = (0..100)
+            .map(|i| 100 + (pid + i + tag.bytes().map(u32::from).sum::<u32>() * 7) % 100)
+            .find(|t| !used.contains(&format!("10.42.{t}.0/24")))
+            .expect("a free /24");
+        let cleanup = DockerCleanup { host: host.clone(), network: network.clone() };
+        let nats = NatsServer::start();
+        let url = nats.url();
+        let bus = Bus::connect(&NatsOptions::new(url.clone()), "default", Duration::from_secs(10)).await.unwrap();
+        let store = provision(&bus, &Provision::default()).await.unwrap();
+        let controller = Terminate(
+            Command::new(env!("CARGO_BIN_EXE_deploy"))
+                .args(["controller", "--lease-ttl", "2s", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
+                .env("CORRAL_NATS_URL", &url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        Host1 {
+            host,
+            network,
+            subnet: format!("10.42.{third}.0/24"),
+            url,
+            store,
+            _controller: controller,
+            _nats: nats,
+            _cleanup: cleanup,
+        }
+    }
+
+    fn agent(&self) -> Terminate {
         Terminate(
             Command::new(env!("CARGO_BIN_EXE_deploy"))
-                .args(["agent", "--host-uuid", &host, "--host-name", &host, "--subnet", &format!("10.42.{third}.0/24")])
-                .args([
-                    "--network",
-                    &network,
-                    "--heartbeat",
-                    "1s",
-                    "--admin-addr",
-                    &format!("127.0.0.1:{}", free_port()),
-                ])
-                .env("CORRAL_NATS_URL", &url)
+                .args(["agent", "--host-uuid", &self.host, "--host-name", &self.host, "--subnet", &self.subnet])
+                .args(["--network", &self.network, "--heartbeat", "1s", "--stop-timeout", "1s"])
+                .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+                .env("CORRAL_NATS_URL", &self.url)
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
                 .unwrap(),
         )
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_run_on_docker() {
+    let env = Host1::start("h").await;
+    let pid = std::process::id();
+    let (host, url, store) = (env.host.clone(), env.url.clone(), env.store.clone());
+    let agent = || env.agent();
     let mut running_agent = Some(agent());
 
     let dir = tempfile::tempdir().unwrap();
@@ -172,4 +196,125 @@ async fn stacks_run_on_docker() {
     })
     .await;
     drop(running_agent);
+}
+
+/// `deploy up --upgrade` on Docker: old containers stop one batch at a time while new ones
+/// start (never none running), `--rollback` starts the old ones again and removes the new ones,
+/// and after a second upgrade `--confirm-upgrade` removes the old ones from Docker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_in_batches_roll_back_and_confirm() {
+    let env = Host1::start("u").await;
+    let _agent = env.agent();
+    let stack = format!("up{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("docker-compose.yml");
+    let write = |version: u32| {
+        std::fs::write(
+            &f,
+            format!("version: '2'\nservices:\n  web:\n    image: {IMAGE}\n    command: [sh, -c, 'echo v{version} > /www/index.html; exec httpd -f -p 80 -h /www']\n"),
+        )
+        .unwrap();
+    };
+    std::fs::write(dir.path().join("rancher-compose.yml"), "version: '2'\nservices:\n  web:\n    scale: 3\n").unwrap();
+    write(1);
+    let up = |extra: &[&str]| {
+        let mut args = vec!["up", "-f", f.to_str().unwrap(), "-p", &stack];
+        args.extend_from_slice(extra);
+        deploy(&args, &env.url)
+    };
+    let (code, _, err) = up(&[]);
+    assert_eq!(code, 0, "{err}");
+    // (name, desired, observed) of every container.
+    let units = || async {
+        let mut v: Vec<(String, String, String)> = statuses(&env.store)
+            .await
+            .into_iter()
+            .map(|(c, st)| (c.name, c.desired_state, st.map(|s| s.state).unwrap_or_default()))
+            .collect();
+        v.sort();
+        v
+    };
+    let page = |name: &str| docker(&["exec", name, "cat", "/www/index.html"]);
+    until(Duration::from_secs(60), "3 running", || async {
+        let u = units().await;
+        u.len() == 3 && u.iter().all(|(_, _, st)| st == "running")
+    })
+    .await;
+
+    write(2);
+    let (code, out, err) = up(&["--upgrade", "--batch-size", "1", "--interval", "200"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("state: \"active\" -> \"upgrading\"") && out.contains("upgrading web"), "{out}");
+    // Until it is done, at least two of three run at every moment (batch size 1, stop first).
+    let started = std::time::Instant::now();
+    loop {
+        let u = units().await;
+        let running = u.iter().filter(|(_, d, st)| d == "running" && st == "running").count();
+        assert!(running >= 2, "only {running} running during the upgrade: {u:?}");
+        let new_running =
+            u.iter().filter(|(n, _, st)| st == "running" && n.as_str() > format!("{stack}-web-3").as_str()).count();
+        if new_running == 3 && u.iter().filter(|(_, d, _)| d == "stopped").count() == 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "upgrade not done: {u:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("upgrade of 3 containers, batch 1: {:?}", started.elapsed());
+    for n in 4..=6 {
+        assert_eq!(page(&format!("{stack}-web-{n}")), "v2");
+    }
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &format!("{stack}-web-1")]),
+        "false",
+        "old ones stopped, kept"
+    );
+    let (_, ps, _) = deploy(&["ps", &stack], &env.url);
+    assert!(ps.contains("upgraded"), "{ps}");
+
+    // Rollback: the old three run again (same containers, v1), the new ones are gone.
+    let (code, out, err) = up(&["--rollback"]);
+    assert_eq!(code, 0, "{out}{err}");
+    until(Duration::from_secs(60), "the old containers back", || async {
+        let u = units().await;
+        u.len() == 3
+            && u.iter()
+                .all(|(n, d, st)| d == "running" && st == "running" && n.as_str() <= format!("{stack}-web-3").as_str())
+    })
+    .await;
+    assert_eq!(page(&format!("{stack}-web-1")), "v1");
+    until(Duration::from_secs(20), "new containers removed from Docker", || async {
+        docker(&["ps", "-aq", "--filter", &format!("label=io.corral.agent.host={}", env.host)])
+            .split_whitespace()
+            .count()
+            == 3
+    })
+    .await;
+
+    // Upgrade again, then confirm: only the new containers remain, in Docker too.
+    let (code, _, err) = up(&["--confirm-upgrade"]);
+    assert_eq!(code, 2, "nothing to confirm after a rollback");
+    assert!(err.contains("no service being upgraded"), "{err}");
+    let (code, _, err) = up(&["--upgrade", "--batch-size", "3", "--interval", "0"]);
+    assert_eq!(code, 0, "{err}");
+    until(Duration::from_secs(60), "the second upgrade done", || async {
+        deploy(&["ps", &stack], &env.url).1.contains("upgraded")
+    })
+    .await;
+    let (code, out, err) = up(&["--confirm-upgrade"]);
+    assert_eq!(code, 0, "{out}{err}");
+    until(Duration::from_secs(20), "old containers removed from Docker", || async {
+        let names = docker(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("label=io.corral.agent.host={}", env.host),
+        ]);
+        let mut names: Vec<&str> = names.lines().collect();
+        names.sort();
+        names == [format!("{stack}-web-7"), format!("{stack}-web-8"), format!("{stack}-web-9")]
+    })
+    .await;
+    assert_eq!(page(&format!("{stack}-web-9")), "v2");
 }

@@ -31,7 +31,7 @@ fn snapshot(hosts: Vec<Host>, services: Vec<Service>) -> Snapshot {
 
 /// Applies a placement to the snapshot, as the controller's writes would.
 fn apply(snap: &mut Snapshot, p: &Placement) {
-    for c in &p.create {
+    for c in p.create.iter().chain(&p.update) {
         let r = c.clone().into_record();
         snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
     }
@@ -63,7 +63,7 @@ fn scale_global_and_sidekicks() {
     let agent = service("s-agent", "agent", 1, &[("io.rancher.scheduler.global", "true")]);
     let snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![web, agent]);
     let hosts = live_hosts(&snap, 0, 10_000);
-    let p = place(&snap, &hosts, &Counters::default());
+    let p = place(&snap, &hosts, &Counters::default(), 0);
     assert!(p.unplaceable.is_empty(), "{:?}", p.unplaceable);
     assert_eq!(hosts_of(&p, "s-web").len(), 3);
     assert_eq!(hosts_of(&p, "s-agent"), ["h1", "h2"], "global: one per host");
@@ -101,7 +101,7 @@ fn host_label_rules_and_reasons() {
         service("s-req", "pinned", 1, &[("io.rancher.service.requested.host.id", "h2")]),
     ];
     let snap = snapshot(hosts, services);
-    let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+    let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default(), 0);
     assert_eq!(hosts_of(&p, "s-a"), ["h1", "h3"]);
     assert!(hosts_of(&p, "s-ne").iter().all(|h| h != "h3"));
     assert_eq!(hosts_of(&p, "s-soft"), ["h1"]);
@@ -133,10 +133,10 @@ fn container_affinity_follows_what_runs() {
     let mut snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![db, near, far]);
     // One pass: what it places for db counts for the services after it.
     let hosts = live_hosts(&snap, 0, 10_000);
-    let p = place(&snap, &hosts, &Counters::default());
+    let p = place(&snap, &hosts, &Counters::default(), 0);
     assert!(p.unplaceable.is_empty(), "{:?}", p.unplaceable);
     apply(&mut snap, &p);
-    let again = place(&snap, &hosts, &p.counters);
+    let again = place(&snap, &hosts, &p.counters, 0);
     assert!(again.create.is_empty() && again.remove.is_empty(), "stable");
     let host_of = |svc: &str| snap.containers_of_service(svc).next().and_then(|c| c.host_uuid.clone());
     assert_eq!(host_of("s-db").as_deref(), Some("h2"));
@@ -152,12 +152,12 @@ fn indexes_never_repeat_and_lost_hosts_are_replaced() {
     );
     let mut snap = snap0;
     let hosts = live_hosts(&snap, 0, 10_000);
-    let p = place(&snap, &hosts, &Counters::default());
+    let p = place(&snap, &hosts, &Counters::default(), 0);
     apply(&mut snap, &p);
     let first: Vec<u64> = p.create.iter().map(|c| c.create_index.unwrap()).collect();
 
     // Steady state: nothing to do.
-    let again = place(&snap, &hosts, &p.counters);
+    let again = place(&snap, &hosts, &p.counters, 0);
     assert!(again.create.is_empty() && again.remove.is_empty());
 
     // host-2's heartbeat stops: its unit is removed and a new one starts on host-1 with new indexes.
@@ -167,7 +167,7 @@ fn indexes_never_repeat_and_lost_hosts_are_replaced() {
     snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
     let live = live_hosts(&snap, 100_000, 10_000);
     assert_eq!(live.iter().map(|h| h.uuid.as_str()).collect::<Vec<_>>(), ["h1"]);
-    let moved = place(&snap, &live, &p.counters);
+    let moved = place(&snap, &live, &p.counters, 0);
     assert_eq!(moved.remove.len(), 1);
     assert_eq!(hosts_of(&moved, "s-web"), ["h1"]);
     let new = &moved.create[0];
@@ -180,7 +180,7 @@ fn indexes_never_repeat_and_lost_hosts_are_replaced() {
     web.scale = Some(1);
     let r = web.into_record();
     snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
-    let down = place(&snap, &live, &moved.counters);
+    let down = place(&snap, &live, &moved.counters, 0);
     assert_eq!(down.remove, std::slice::from_ref(&new.uuid));
 }
 
@@ -194,7 +194,7 @@ fn requested_ips_and_bad_ones() {
         &[("io.rancher.container.requested_ip", "192.168.9.9"), ("io.rancher.service.requested.host.id", "h1")],
     );
     let snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![ok, bad]);
-    let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+    let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default(), 0);
     assert_eq!(
         p.create.iter().find(|c| c.service_uuid.as_deref() == Some("s-ok")).unwrap().primary_ip.as_deref(),
         Some("10.42.1.50")
@@ -209,7 +209,7 @@ fn requested_ips_and_bad_ones() {
 #[test]
 fn no_hosts_is_a_reason_too() {
     let snap = snapshot(vec![], vec![service("s-web", "web", 1, &[])]);
-    let p = place(&snap, &Vec::<Arc<Host>>::new(), &Counters::default());
+    let p = place(&snap, &Vec::<Arc<Host>>::new(), &Counters::default(), 0);
     assert_eq!(p.unplaceable["s-web"], "0 of 1 units placed: no host qualifies: no live hosts");
 }
 
@@ -223,7 +223,7 @@ fn published_ports_do_not_clash() {
     other.launch_config.ports = vec!["127.0.0.1:9090:80".into(), "8080:80/udp".into()];
     let mut snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![web, other]);
     let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
-    let p = place(&snap, &hosts, &Counters::default());
+    let p = place(&snap, &hosts, &Counters::default(), 0);
     assert_eq!(hosts_of(&p, "s-web"), ["h1", "h2"]);
     assert_eq!(hosts_of(&p, "s-api").len(), 1, "another address or protocol does not clash");
     let reason = &p.unplaceable["s-web"];
@@ -231,8 +231,161 @@ fn published_ports_do_not_clash() {
     assert!(reason.contains("host-1: port 8080/tcp is already published there by app-web-"), "{reason}");
     // The next pass sees the same taken ports: nothing more is placed, the reason stays.
     apply(&mut snap, &p);
-    let placed = place(&snap, &hosts, &p.counters);
+    let placed = place(&snap, &hosts, &p.counters, 0);
     assert!(placed.create.is_empty() && placed.unplaceable.contains_key("s-web"));
+}
+
+/// The agent's part: every container the controller wants running runs, a stopped one stops.
+fn agents_run(snap: &mut Snapshot) {
+    let all: Vec<_> = snap.containers().cloned().collect();
+    for c in all {
+        let state = if c.desired_state == "stopped" { "stopped" } else { "running" };
+        let st = fixtures::status(&c.uuid, c.host_uuid.as_deref().unwrap_or_default(), state).into_record();
+        snap.apply(&Key::new(st.family(), st.id()).unwrap(), Some(st));
+    }
+}
+
+/// (name, desired state, version is the service's) of the primaries, by name.
+fn units_of(snap: &Snapshot, svc: &Service) -> Vec<(String, String, bool)> {
+    let version = deploy::upgrade::version(svc);
+    let mut v: Vec<_> = snap
+        .containers_of_service(&svc.uuid)
+        .map(|c| (c.name.clone(), c.desired_state.clone(), !deploy::upgrade::stale(c, &version)))
+        .collect();
+    v.sort();
+    v
+}
+
+fn set_service(snap: &mut Snapshot, svc: &Service) {
+    let r = svc.clone().into_record();
+    snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
+}
+
+/// `up --upgrade`, batch 1, stop first: each batch stops one old unit and starts one new one,
+/// waits for it to run and for the interval; old units stay stopped until confirmed, then go.
+#[test]
+fn upgrade_in_batches_then_confirm() {
+    let mut old = service("s-web", "web", 3, &[]);
+    old.launch_config.image = "busybox:1".into();
+    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![old.clone()]);
+    let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
+    let mut counters = Counters::default();
+    let mut step = |snap: &mut Snapshot, now: u64| {
+        let p = place(snap, &hosts, &counters, now);
+        apply(snap, &p);
+        counters = p.counters.clone();
+        p
+    };
+    step(&mut snap, 0);
+    agents_run(&mut snap);
+    let mut new = old.clone();
+    new.launch_config.image = "busybox:2".into();
+    assert!(deploy::upgrade::begin(&old, &mut new, Some(1), Some(1000)).unwrap());
+    set_service(&mut snap, &new);
+
+    let p = step(&mut snap, 10_000);
+    assert_eq!(
+        p.update.iter().map(|c| (c.name.as_str(), c.desired_state.as_str())).collect::<Vec<_>>(),
+        [("app-web-1", "stopped")]
+    );
+    assert_eq!(p.create.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["app-web-4"]);
+    // The new unit does not run yet: the next batch waits, whatever the time.
+    let p = step(&mut snap, 60_000);
+    assert!(p.create.is_empty() && p.update.is_empty(), "{p:?}");
+    agents_run(&mut snap);
+    // It runs, but the interval has not passed since the batch began.
+    let p = step(&mut snap, 10_500);
+    assert!(p.create.is_empty() && p.update.is_empty(), "{p:?}");
+    let p = step(&mut snap, 11_000);
+    assert_eq!(p.update.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["app-web-2"]);
+    agents_run(&mut snap);
+    step(&mut snap, 12_000);
+    agents_run(&mut snap);
+    step(&mut snap, 13_000);
+    assert_eq!(
+        units_of(&snap, &new),
+        [
+            ("app-web-1".into(), "stopped".into(), false),
+            ("app-web-2".into(), "stopped".into(), false),
+            ("app-web-3".into(), "stopped".into(), false),
+            ("app-web-4".into(), "running".into(), true),
+            ("app-web-5".into(), "running".into(), true),
+            ("app-web-6".into(), "running".into(), true),
+        ]
+    );
+    // Done: nothing more happens until it is confirmed; then the old units go.
+    let p = step(&mut snap, 99_000);
+    assert!(p.create.is_empty() && p.update.is_empty() && p.remove.is_empty(), "{p:?}");
+    let mut confirmed = new.clone();
+    assert!(deploy::upgrade::confirm(&mut confirmed));
+    set_service(&mut snap, &confirmed);
+    let p = step(&mut snap, 100_000);
+    let mut removed = p.remove.clone();
+    removed.sort();
+    assert_eq!(removed, ["c1", "c2", "c3"]);
+    assert!(counters.batches.is_empty());
+}
+
+/// start_first: the new unit runs before the old one stops; a rollback then starts the old
+/// units again and removes the new ones, in the same batches.
+#[test]
+fn start_first_then_rollback() {
+    let mut old = service("s-web", "web", 2, &[]);
+    old.launch_config.image = "busybox:1".into();
+    old.extra.insert(
+        "upgrade_strategy".into(),
+        serde_json::json!({"start_first": true, "batch_size": 1, "interval_millis": 0}),
+    );
+    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![old.clone()]);
+    let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
+    let mut counters = Counters::default();
+    let mut step = |snap: &mut Snapshot, now: u64| {
+        let p = place(snap, &hosts, &counters, now);
+        apply(snap, &p);
+        counters = p.counters.clone();
+        p
+    };
+    step(&mut snap, 0);
+    agents_run(&mut snap);
+    let mut new = old.clone();
+    new.launch_config.image = "busybox:2".into();
+    deploy::upgrade::begin(&old, &mut new, None, None).unwrap();
+    set_service(&mut snap, &new);
+    let p = step(&mut snap, 1);
+    assert_eq!(p.create.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["app-web-3"]);
+    assert!(p.update.is_empty(), "nothing stops before its replacement runs");
+    agents_run(&mut snap);
+    let p = step(&mut snap, 2);
+    assert_eq!(
+        p.update.iter().map(|c| (c.name.as_str(), c.desired_state.as_str())).collect::<Vec<_>>(),
+        [("app-web-1", "stopped")]
+    );
+    assert!(p.create.is_empty());
+    for now in 3..10 {
+        agents_run(&mut snap);
+        step(&mut snap, now);
+    }
+    let running = |snap: &Snapshot| {
+        snap.containers()
+            .filter(|c| c.desired_state == "running")
+            .map(|c| c.name.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(running(&snap), ["app-web-3".to_string(), "app-web-4".to_string()].into());
+
+    let mut back = new.clone();
+    assert!(deploy::upgrade::rollback(&mut back));
+    set_service(&mut snap, &back);
+    for now in 10..20 {
+        step(&mut snap, now);
+        agents_run(&mut snap);
+    }
+    assert_eq!(
+        running(&snap),
+        ["app-web-1".to_string(), "app-web-2".to_string()].into(),
+        "the old units again, not new ones"
+    );
+    assert_eq!(snap.containers().count(), 2, "the new units are gone");
 }
 
 mod properties {
@@ -270,7 +423,7 @@ mod properties {
                 .collect();
             let snap = snapshot(hs.clone(), ss.clone());
             let live = live_hosts(&snap, 0, 10_000);
-            let p = place(&snap, &live, &Counters::default());
+            let p = place(&snap, &live, &Counters::default(), 0);
             let mut names = std::collections::BTreeSet::new();
             let mut indexes = std::collections::BTreeSet::new();
             let mut ips = std::collections::BTreeSet::new();
@@ -316,14 +469,14 @@ mod review {
     fn requested_ip_picks_the_host_and_failures_take_no_index() {
         let svc = service("s-ip", "ip", 1, &[("io.rancher.container.requested_ip", "10.42.2.50")]);
         let snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![svc]);
-        let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+        let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default(), 0);
         let c = &p.create[0];
         assert_eq!((c.host_uuid.as_deref(), c.primary_ip.as_deref()), (Some("h2"), Some("10.42.2.50")));
 
         let bad = service("s-bad", "bad", 1, &[("io.rancher.container.requested_ip", "10.42.1.1")]);
         let snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![bad]);
-        let p1 = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
-        let p2 = place(&snap, &live_hosts(&snap, 0, 10_000), &p1.counters);
+        let p1 = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default(), 0);
+        let p2 = place(&snap, &live_hosts(&snap, 0, 10_000), &p1.counters, 0);
         assert!(p1.unplaceable.contains_key("s-bad"), "the bridge address .1 is not given");
         assert_eq!(p1.counters, p2.counters, "no index taken by a failed placement");
     }
@@ -339,17 +492,17 @@ mod review {
         );
         let mut snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![web]);
         let hosts = live_hosts(&snap, 0, 10_000);
-        let p = place(&snap, &hosts, &Counters::default());
+        let p = place(&snap, &hosts, &Counters::default(), 0);
         assert_eq!(hosts_of(&p, "s-web"), ["h1", "h2"]);
         apply(&mut snap, &p);
-        let again = place(&snap, &hosts, &p.counters);
+        let again = place(&snap, &hosts, &p.counters, 0);
         assert!(again.create.is_empty() && again.remove.is_empty(), "{:?} {:?}", again.create, again.remove);
         // Scale 3 on 2 hosts: the third unit has nowhere to go, and says so.
         let mut web = snap.service("s-web").unwrap().as_ref().clone();
         web.scale = Some(3);
         let r = web.into_record();
         snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
-        let third = place(&snap, &hosts, &p.counters);
+        let third = place(&snap, &hosts, &p.counters, 0);
         assert!(third.create.is_empty());
         assert!(third.unplaceable["s-web"].starts_with("2 of 3 units placed"), "{:?}", third.unplaceable);
     }
@@ -359,13 +512,13 @@ mod review {
     fn counters_never_go_below_what_exists() {
         let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![service("s-web", "web", 1, &[])]);
         let hosts = live_hosts(&snap, 0, 10_000);
-        let p = place(&snap, &hosts, &Counters::default());
+        let p = place(&snap, &hosts, &Counters::default(), 0);
         apply(&mut snap, &p);
         let mut web = snap.service("s-web").unwrap().as_ref().clone();
         web.scale = Some(2);
         let r = web.into_record();
         snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
-        let q = place(&snap, &hosts, &Counters::default());
+        let q = place(&snap, &hosts, &Counters::default(), 0);
         assert_eq!(q.create[0].name, "app-web-2");
         assert_ne!(q.create[0].uuid, p.create[0].uuid);
     }
@@ -385,7 +538,7 @@ mod review {
         );
         let odd = service("s-odd", "odd", 1, &[("io.rancher.scheduler.affinity:host_lable", "a=b")]);
         let snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![db, both, odd]);
-        let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default());
+        let p = place(&snap, &live_hosts(&snap, 0, 10_000), &Counters::default(), 0);
         assert!(hosts_of(&p, "s-both").is_empty(), "no host runs both db and cache");
         assert!(p.unplaceable["s-odd"].starts_with("unknown affinity rule io.rancher.scheduler.affinity:host_lable"));
     }
@@ -398,11 +551,11 @@ mod review {
             vec![LaunchConfig { name: Some("log".into()), image: "busybox".into(), ..Default::default() }];
         let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![web]);
         let hosts = live_hosts(&snap, 0, 10_000);
-        let p = place(&snap, &hosts, &Counters::default());
+        let p = place(&snap, &hosts, &Counters::default(), 0);
         apply(&mut snap, &p);
         let primary = p.create.iter().find(|c| c.launch_config_name.is_none()).unwrap().uuid.clone();
         snap.apply(&Key::new(event_bus::Family::Container, &primary).unwrap(), None);
-        let q = place(&snap, &hosts, &p.counters);
+        let q = place(&snap, &hosts, &p.counters, 0);
         assert_eq!(q.remove.len(), 1, "the lone sidekick goes");
         assert_eq!(q.create.len(), 2, "a whole new unit comes");
         apply(&mut snap, &q);
@@ -410,7 +563,7 @@ mod review {
         gone.state = "removed".into();
         let r = gone.into_record();
         snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
-        let z = place(&snap, &hosts, &q.counters);
+        let z = place(&snap, &hosts, &q.counters, 0);
         assert_eq!(z.remove.len(), 2);
     }
 }
