@@ -447,7 +447,15 @@ pub async fn up(
     let rows = crate::ps::rows(&cache.snapshot(), Some(&stack));
     println!("\nstack {stack} is running ({:.1} s). Try:", start.elapsed().as_secs_f64());
     let nats_env = if url == "nats://127.0.0.1:4222" { String::new() } else { format!("CORRAL_NATS_URL={url} ") };
-    println!("  {nats_env}deploy ps {stack}");
+    let me = own_exe()
+        .ok()
+        .map(|p| {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            p.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(p).display().to_string()
+        })
+        .unwrap_or_else(|| "deploy".into());
+    println!("  {nats_env}{me} ps {stack}");
+    println!("  {nats_env}{me} logs -f {stack}");
     let snap = cache.snapshot();
     for c in snap.containers().filter(|c| rows.iter().any(|r| r.containers.iter().any(|x| x.name == c.name))) {
         for spec in c.ports.iter().filter_map(|p| crate::ports::parse(p).ok()).filter(|p| p.proto == "tcp") {
@@ -471,7 +479,14 @@ pub async fn up(
             }
         }
     }
-    println!("  deploy local down");
+    let mut down = String::new();
+    if m.state_dir != Path::new(".corral/local") {
+        down.push_str(&format!(" --state-dir {}", m.state_dir.display()));
+    }
+    if m.host_uuid != "local" {
+        down.push_str(&format!(" --host-uuid {}", m.host_uuid));
+    }
+    println!("  {me} local down{down}");
     Ok(ExitCode::SUCCESS)
 }
 
