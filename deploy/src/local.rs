@@ -1,7 +1,7 @@
 //! `deploy local up|down`: the whole stack on this machine from one command. A private
 //! nats-server with JetStream (or the one already listening), the controller, one agent on the
 //! local Docker engine, and the infrastructure components built next to `deploy` (rancher-dns,
-//! rancher-metadata), each a detached process with its log and pid file under the state
+//! rancher-metadata, healthcheck), each a detached process with its log and pid file under the state
 //! directory, so `down` (or a second `up`) finds them again.
 
 use std::collections::BTreeMap;
@@ -57,8 +57,8 @@ pub struct Services {
     /// Upstream DNS servers for names outside rancher.internal (default: the host's resolv.conf).
     #[arg(long, env = "CORRAL_LOCAL_UPSTREAM", value_delimiter = ',')]
     pub upstream: Vec<String>,
-    /// Admin ports (/healthz, /readyz, /metrics) on 127.0.0.1: this one and the next three
-    /// (controller, agent, rancher-dns, rancher-metadata); 0: any free ports.
+    /// Admin ports (/healthz, /readyz, /metrics) on 127.0.0.1: this one and the next four
+    /// (controller, agent, rancher-dns, rancher-metadata, healthcheck); 0: any free ports.
     #[arg(long, env = "CORRAL_LOCAL_ADMIN_BASE_PORT", default_value_t = 9230)]
     pub admin_base_port: u16,
     /// How long to wait for the stack's containers to run before giving up.
@@ -360,6 +360,18 @@ pub async fn up(
             sibling("rancher-metadata"),
             ["--listen".to_string(), format!("{gw}:{}", sv.metadata_port), "--host-uuid".into(), m.host_uuid.clone()]
                 .to_vec(),
+        ),
+        // Without a checker, health-checked containers stay `initializing` (and out of DNS).
+        (
+            "healthcheck",
+            sibling("healthcheck"),
+            [
+                "--host-uuid".to_string(),
+                m.host_uuid.clone(),
+                "--run-dir".into(),
+                layout.dir.join("run/healthcheck").display().to_string(),
+            ]
+            .to_vec(),
         ),
     ];
     let mut started = Vec::new();

@@ -40,7 +40,7 @@ fn local(args: &[&str], state: &Path, host: &str) -> (i32, String, String) {
 #[test]
 fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     require_image();
-    for bin in ["rancher-dns", "rancher-metadata"] {
+    for bin in ["rancher-dns", "rancher-metadata", "healthcheck"] {
         let path = Path::new(env!("CARGO_BIN_EXE_deploy")).with_file_name(bin);
         assert!(path.is_file(), "{} missing: build the workspace (cargo build --workspace)", path.display());
     }
@@ -98,6 +98,7 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
         "agent              started",
         "rancher-dns        started",
         "rancher-metadata   started",
+        "healthcheck        started",
         "+ service web (create)",
         &format!("{stack}-web-1"),
         &format!("stack {stack} is running"),
@@ -105,8 +106,10 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
     }
-    // Progress is shown as it happens: the containers were seen starting, then running.
+    // Progress is shown as it happens: the containers were seen starting, then running, and
+    // the health-checked web containers initializing, then healthy.
     assert!(out.contains("starting") && out.contains(" running"), "{out}");
+    assert!(out.contains("running, initializing") && out.contains("running, healthy"), "{out}");
 
     // The published port, and through it the front's CGI asking `web` by its service name.
     let page = http_get(public, "/cgi-bin/hello");
