@@ -329,10 +329,17 @@ async fn create(
             binds: lc
                 .map(|l| l.volumes.iter().filter(|v| v.contains(':')).cloned().collect::<Vec<_>>())
                 .filter(|v| !v.is_empty()),
+            // Named volumes come from this driver (convoy-nfs, …); Docker's `local` otherwise.
+            volume_driver: verbatim(lc, "volume_driver").and_then(|v| v.as_str().map(String::from)),
+            privileged: lc.map(|l| l.privileged).filter(|p| *p),
+            cap_add: lc.map(|l| l.cap_add.clone()).filter(|c| !c.is_empty()),
+            extra_hosts: verbatim(lc, "extra_hosts").and_then(|v| strings(v)),
             ..Default::default()
         }),
         networking_config: networking,
         exposed_ports: Some(exposed).filter(|e| !e.is_empty()),
+        user: verbatim(lc, "user").and_then(|v| v.as_str().map(String::from)),
+        working_dir: verbatim(lc, "working_dir").and_then(|v| v.as_str().map(String::from)),
         ..Default::default()
     };
     // A container left from an earlier agent under the same name but not ours: an error the
@@ -340,6 +347,22 @@ async fn create(
     let created =
         docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&c.name).build()), body).await?;
     Ok(created.id)
+}
+
+/// A compose key kept verbatim in the launch config (`compose::VERBATIM`).
+fn verbatim<'a>(lc: Option<&'a LaunchConfig>, key: &str) -> Option<&'a serde_json::Value> {
+    lc?.extra.get(key)
+}
+
+/// A list of strings, or a map written as `key:value` (compose's `extra_hosts` forms).
+fn strings(v: &serde_json::Value) -> Option<Vec<String>> {
+    match v {
+        serde_json::Value::Array(a) => Some(a.iter().filter_map(|s| s.as_str().map(String::from)).collect()),
+        serde_json::Value::Object(m) => {
+            Some(m.iter().map(|(k, v)| format!("{k}:{}", v.as_str().unwrap_or_default())).collect())
+        }
+        _ => None,
+    }
 }
 
 /// Docker's exposed ports (`80/tcp`) and port bindings from compose `ports` and `expose`.

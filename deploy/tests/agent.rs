@@ -105,10 +105,18 @@ async fn stacks_run_on_docker() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("docker-compose.yml");
     let stack = format!("e2e{pid}");
+    let volume = format!("corral-test-{pid}");
+    struct VolumeCleanup(String);
+    impl Drop for VolumeCleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["volume", "rm", "-f", &self.0]).output();
+        }
+    }
+    let _volume = VolumeCleanup(volume.clone());
     std::fs::write(
         &f,
         format!(
-            "version: '2'\nservices:\n  web:\n    image: {IMAGE}\n    command: /bin/httpd -f -p 8080 -h /www\n    environment: {{MODE: test}}\n    labels:\n      io.rancher.sidekicks: side\n  side:\n    image: {IMAGE}\n    command: /bin/sleep 3600\n    network_mode: container:web\n"
+            "version: '2'\nservices:\n  web:\n    image: {IMAGE}\n    command: /bin/httpd -f -p 8080 -h /www\n    environment: {{MODE: test}}\n    working_dir: /www\n    volumes: ['{volume}:/data']\n    volume_driver: local\n    extra_hosts: ['db.example:10.1.2.3']\n    labels:\n      io.rancher.sidekicks: side\n  side:\n    image: {IMAGE}\n    command: /bin/sleep 3600\n    network_mode: container:web\n"
         ),
     )
     .unwrap();
@@ -135,6 +143,15 @@ async fn stacks_run_on_docker() {
                 let ip = docker(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name]);
                 assert_eq!(Some(ip), c.primary_ip, "{name}: Docker's address is the state's");
                 assert!(docker(&["inspect", "-f", "{{range .Config.Env}}{{.}} {{end}}", name]).contains("MODE=test"));
+                // Compose keys the agent passes to Docker: the named volume from its driver,
+                // the working directory, extra hosts.
+                assert_eq!(
+                    docker(&["inspect", "-f", "{{.HostConfig.VolumeDriver}} {{.Config.WorkingDir}}", name]),
+                    "local /www"
+                );
+                assert!(docker(&["inspect", "-f", "{{range .Mounts}}{{.Name}}:{{.Destination}} {{end}}", name])
+                    .contains(&format!("{volume}:/data")));
+                assert_eq!(docker(&["inspect", "-f", "{{.HostConfig.ExtraHosts}}", name]), "[db.example:10.1.2.3]");
             }
             Some("side") => {
                 let mode = docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", name]);
