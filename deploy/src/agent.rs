@@ -333,7 +333,7 @@ async fn create(
             volume_driver: verbatim(lc, "volume_driver").and_then(|v| v.as_str().map(String::from)),
             privileged: lc.map(|l| l.privileged).filter(|p| *p),
             cap_add: lc.map(|l| l.cap_add.clone()).filter(|c| !c.is_empty()),
-            extra_hosts: verbatim(lc, "extra_hosts").and_then(|v| strings(v)),
+            extra_hosts: verbatim(lc, "extra_hosts").and_then(strings),
             ..Default::default()
         }),
         networking_config: networking,
