@@ -39,6 +39,11 @@ struct Host1 {
 
 impl Host1 {
     async fn start(tag: &str) -> Host1 {
+        Self::start_with(tag, &[]).await
+    }
+
+    /// With extra controller flags.
+    async fn start_with(tag: &str, controller_args: &[&str]) -> Host1 {
         require_image();
         let pid = std::process::id();
         let host = format!("{tag}{pid}");
@@ -61,6 +66,7 @@ impl Host1 {
         let controller = Terminate(
             Command::new(env!("CARGO_BIN_EXE_deploy"))
                 .args(["controller", "--lease-ttl", "2s", "--admin-addr", &format!("127.0.0.1:{}", free_port())])
+                .args(controller_args)
                 .env("CORRAL_NATS_URL", &url)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -80,10 +86,15 @@ impl Host1 {
     }
 
     fn agent(&self) -> Terminate {
+        self.agent_as(&self.host, &self.subnet, &self.network, "")
+    }
+
+    /// An agent for another host on the same Docker engine (its own subnet and network).
+    fn agent_as(&self, host: &str, subnet: &str, network: &str, labels: &str) -> Terminate {
         Terminate(
             Command::new(env!("CARGO_BIN_EXE_deploy"))
-                .args(["agent", "--host-uuid", &self.host, "--host-name", &self.host, "--subnet", &self.subnet])
-                .args(["--network", &self.network, "--heartbeat", "1s", "--stop-timeout", "1s"])
+                .args(["agent", "--host-uuid", host, "--host-name", host, "--subnet", subnet, "--labels", labels])
+                .args(["--network", network, "--heartbeat", "1s", "--stop-timeout", "1s"])
                 .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
                 .env("CORRAL_NATS_URL", &self.url)
                 .stdout(Stdio::null())
@@ -334,4 +345,80 @@ async fn upgrades_in_batches_roll_back_and_confirm() {
     })
     .await;
     assert_eq!(page(&format!("{stack}-web-9")), "v2");
+}
+
+/// Two hosts (two agents on one Docker engine, each with its own subnet): units spread over
+/// both, a host-label rule keeps a service on its host, and when one agent stops its heartbeat
+/// its units are placed on the other host within the heartbeat timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_spread_and_fail_over() {
+    let env = Host1::start_with("f", &["--heartbeat-timeout", "3s"]).await;
+    // The second host's /24: the next one after the first's that no network uses.
+    let third: u32 = env.subnet.split('.').nth(2).unwrap().parse().unwrap();
+    let nets = docker(&["network", "ls", "-q"]);
+    let mut used = String::new();
+    for id in nets.split_whitespace() {
+        used.push_str(&docker(&["network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", id]));
+    }
+    let third_b =
+        (1..100).map(|i| 100 + (third + i) % 100).find(|t| !used.contains(&format!("10.42.{t}.0/24"))).unwrap();
+    let host_b = format!("{}b", env.host);
+    let network_b = format!("{}b", env.network);
+    let _cleanup_b = DockerCleanup { host: host_b.clone(), network: network_b.clone() };
+    let agent_a = env.agent_as(&env.host, &env.subnet, &env.network, "zone=a");
+    let _agent_b = env.agent_as(&host_b, &format!("10.42.{third_b}.0/24"), &network_b, "zone=b,disk=ssd");
+
+    // Placement sees the hosts that have registered: wait for both.
+    until(Duration::from_secs(20), "both hosts registered", || async {
+        env.store.keys(Some(Family::Host)).await.unwrap().len() == 2
+    })
+    .await;
+    let stack = format!("two{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &f,
+        format!("version: '2'\nservices:\n  web:\n    image: {IMAGE}\n    command: /bin/httpd -f -p 80 -h /www\n  db:\n    image: {IMAGE}\n    command: /bin/sleep 3600\n    labels:\n      io.rancher.scheduler.affinity:host_label: disk=ssd\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("rancher-compose.yml"), "version: '2'\nservices:\n  web:\n    scale: 2\n").unwrap();
+    let (code, _, err) = deploy(&["up", "-f", f.to_str().unwrap(), "-p", &stack], &env.url);
+    assert_eq!(code, 0, "{err}");
+    // (name, host, observed state) of every container.
+    let placed = || async {
+        let mut v: Vec<(String, String, String)> = statuses(&env.store)
+            .await
+            .into_iter()
+            .map(|(c, st)| (c.name, c.host_uuid.unwrap_or_default(), st.map(|s| s.state).unwrap_or_default()))
+            .collect();
+        v.sort();
+        v
+    };
+    until(Duration::from_secs(60), "3 containers running", || async {
+        let p = placed().await;
+        p.len() == 3 && p.iter().all(|(_, _, st)| st == "running")
+    })
+    .await;
+    let p = placed().await;
+    let web_hosts: std::collections::BTreeSet<&str> =
+        p.iter().filter(|(n, _, _)| n.contains("-web-")).map(|(_, h, _)| h.as_str()).collect();
+    assert_eq!(web_hosts.len(), 2, "web spread over both hosts: {p:?}");
+    assert!(p.iter().any(|(n, h, _)| n.contains("-db-") && *h == host_b), "db on the ssd host: {p:?}");
+    // Each host's containers run in its own network, with an address from its own subnet.
+    for (name, host, _) in &p {
+        let net = docker(&["inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}", name]);
+        assert_eq!(net, if *host == host_b { network_b.clone() } else { env.network.clone() }, "{name}");
+    }
+
+    // Host A's agent dies: its heartbeat stops; after the timeout its web unit runs on B.
+    drop(agent_a);
+    let moved = until(Duration::from_secs(30), "host A's unit placed on host B and running", || async {
+        let p = placed().await;
+        let web: Vec<_> = p.iter().filter(|(n, _, _)| n.contains("-web-")).collect();
+        web.len() == 2 && web.iter().all(|(_, h, st)| *h == host_b && st == "running")
+    })
+    .await;
+    eprintln!("failover: host A's unit running on host B {moved:?} after its agent died (heartbeat timeout 3 s)");
+    let (_, ps, _) = deploy(&["ps", &stack], &env.url);
+    assert!(ps.contains(&format!("{stack}-web-3")), "a new unit, new index: {ps}");
 }
