@@ -300,6 +300,13 @@ pub fn render(settings: &Settings, input: &Input<'_>) -> Result<Rendered, Config
         frontend(&mut o, settings, fe, custom, crt_list.as_ref().map(|c| &c.0), has_default);
     }
 
+    // Backends behind a TLS-terminating port: only they can see `ssl_fc`.
+    let behind_tls: std::collections::BTreeSet<&String> = plan
+        .frontends
+        .iter()
+        .filter(|f| f.protocol.terminates_tls())
+        .flat_map(|f| f.routes.iter().map(|r| &r.backend).chain(f.default_backend.iter()))
+        .collect();
     let mut backends = BTreeMap::new();
     for (name, be) in &plan.backends {
         o.section(&format!("backend {name}"));
@@ -310,10 +317,12 @@ pub fn render(settings: &Settings, input: &Input<'_>) -> Result<Rendered, Config
                 true,
                 "http-request set-header X-Forwarded-Port %[dst_port] if !{ req.hdr(X-Forwarded-Port) -m found }",
             );
-            o.line(
-                true,
-                "http-request add-header X-Forwarded-Proto https if { ssl_fc } !{ req.hdr(X-Forwarded-Proto) -m found }",
-            );
+            if behind_tls.contains(name) {
+                o.line(
+                    true,
+                    "http-request add-header X-Forwarded-Proto https if { ssl_fc } !{ req.hdr(X-Forwarded-Proto) -m found }",
+                );
+            }
         }
         let check = endpoints.checks.get(name);
         if let Some(c) = check {
@@ -395,8 +404,10 @@ fn frontend(o: &mut Out, s: &Settings, fe: &Frontend, custom: &Custom, crt_list:
         Protocol::Http | Protocol::Https => {
             o.line(true, "mode http");
             o.line(true, "option forwardfor");
-            // The Host header without its port, lower-cased, matched once per request.
-            o.line(true, "http-request set-var(txn.lb_host) req.hdr(host),field(1,:),lower");
+            if fe.routes.iter().any(|r| r.host.is_some()) {
+                // The Host header without its port, lower-cased, computed once per request.
+                o.line(true, "http-request set-var(txn.lb_host) req.hdr(host),field(1,:),lower");
+            }
             for r in &fe.routes {
                 let mut conds = Vec::new();
                 if let Some(h) = &r.host {
