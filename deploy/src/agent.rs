@@ -146,6 +146,7 @@ pub async fn reconcile(
         reported.remove(&uuid);
     }
     // Primaries before the sidekicks that join their network.
+    let mut to_create: Vec<&std::sync::Arc<Container>> = Vec::new();
     let mut order: Vec<&std::sync::Arc<Container>> = assigned.values().copied().collect();
     order.sort_by_key(|c| (c.network_from_container_uuid.is_some(), c.create_index));
     for c in order {
@@ -195,29 +196,53 @@ pub async fn reconcile(
             }
             None if status.is_some_and(|st| st.state == "removed") => continue,
             None => {
-                let id = match create(docker, &snap, c, s).await {
-                    Ok(id) => id,
-                    Err(e) => {
-                        failed(store, &snap, c, "", start_count, &e, s).await?;
-                        reported.insert(c.uuid.clone());
-                        continue;
-                    }
-                };
-                if let Err(e) = docker.start_container(&id, None).await {
-                    failed(store, &snap, c, &id, start_count, &e, s).await?;
-                    reported.insert(c.uuid.clone());
-                    continue;
-                }
-                tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
-                (id, true)
+                to_create.push(c);
+                continue;
             }
         };
         let count = if started { start_count + 1 } else { start_count.max(1) };
         report(store, &snap, c, &id, "running", count, None, s).await?;
         reported.insert(c.uuid.clone());
     }
+    // New containers, several at a time (Docker takes a while per container, mostly waiting);
+    // containers that join another's network after the ones they join.
+    use futures::StreamExt as _;
+    let (joiners, first): (Vec<_>, Vec<_>) =
+        to_create.into_iter().partition(|c| c.network_from_container_uuid.is_some());
+    for wave in [first, joiners] {
+        let results: Vec<(String, Result<(), AgentError>)> = futures::stream::iter(wave)
+            .map(|c| {
+                let snap = &snap;
+                async move {
+                    let start_count = snap.status(&c.uuid).map(|st| st.start_count).unwrap_or(0);
+                    let outcome = async {
+                        let id = match create(docker, snap, c, s).await {
+                            Ok(id) => id,
+                            Err(e) => return failed(store, snap, c, "", start_count, &e, s).await,
+                        };
+                        if let Err(e) = docker.start_container(&id, None).await {
+                            return failed(store, snap, c, &id, start_count, &e, s).await;
+                        }
+                        tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
+                        report(store, snap, c, &id, "running", start_count + 1, None, s).await
+                    }
+                    .await;
+                    (c.uuid.clone(), outcome)
+                }
+            })
+            .buffer_unordered(CREATE_PARALLEL)
+            .collect()
+            .await;
+        for (uuid, outcome) in results {
+            reported.insert(uuid);
+            outcome?;
+        }
+    }
     Ok(())
 }
+
+/// How many containers the agent creates and starts at once.
+const CREATE_PARALLEL: usize = 4;
 
 #[allow(clippy::too_many_arguments)]
 async fn report(

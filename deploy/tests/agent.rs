@@ -203,6 +203,8 @@ async fn stacks_run_on_docker() {
 
     // A restarted agent adopts what runs: same Docker containers, not restarted.
     let ids = || docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=io.corral.agent.host={host}")]);
+    // (The replaced unit's sidekick may still be on its way out of Docker.)
+    until(Duration::from_secs(15), "4 containers in Docker", || async { ids().split_whitespace().count() == 4 }).await;
     let before: std::collections::BTreeSet<String> = ids().split_whitespace().map(String::from).collect();
     drop(running_agent.take());
     running_agent = Some(agent());
