@@ -98,10 +98,20 @@ enum RuleKind {
 
 /// The affinity rules of a launch config, one per value (Cattle makes each comma-separated value
 /// its own constraint, so they all apply), and the affinity keys it does not know.
-fn rules(labels: &BTreeMap<String, String>) -> (Vec<Rule>, Vec<String>) {
+/// Cattle's macros in affinity values (`$${stack_name}` in a compose file, which interpolation
+/// turns into `${stack_name}`): the service's own stack and service names.
+fn macros<'a>(value: &'a str, stack: &str, service: &str) -> Cow<'a, str> {
+    if !value.contains("${") {
+        return Cow::Borrowed(value);
+    }
+    Cow::Owned(value.replace("${stack_name}", stack).replace("${service_name}", service))
+}
+
+fn rules(labels: &BTreeMap<String, String>, stack: &str, service: &str) -> (Vec<Rule>, Vec<String>) {
     let mut out = Vec::new();
     let mut unknown = Vec::new();
     for (k, v) in labels {
+        let v = macros(v, stack, service);
         let Some(rule) = k.strip_prefix(AFFINITY) else { continue };
         let (base, negate, soft) = if let Some(b) = rule.strip_suffix("_soft_ne") {
             (b, true, true)
@@ -230,7 +240,7 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
         }
         let Some(stack) = snap.stack(&svc.stack_uuid) else { continue };
         let labels = &svc.launch_config.labels;
-        let (all_rules, unknown) = rules(labels);
+        let (all_rules, unknown) = rules(labels, &stack.name, &svc.name);
         if !unknown.is_empty() {
             out.unplaceable.insert(
                 svc.uuid.clone(),

@@ -235,6 +235,30 @@ fn published_ports_do_not_clash() {
     assert!(placed.create.is_empty() && placed.unplaceable.contains_key("s-web"));
 }
 
+/// Cattle's `${stack_name}`/`${service_name}` macros (written `$${…}` in a compose file): a
+/// service that avoids its own containers spreads one per host, and says so when it runs out.
+#[test]
+fn affinity_macros_name_the_service_itself() {
+    let web = service(
+        "s-web",
+        "web",
+        3,
+        &[(
+            "io.rancher.scheduler.affinity:container_label_ne",
+            "io.rancher.stack_service.name=${stack_name}/${service_name}",
+        )],
+    );
+    let snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![web]);
+    let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
+    let p = place(&snap, &hosts, &Counters::default(), 0);
+    assert_eq!(hosts_of(&p, "s-web"), ["h1", "h2"]);
+    let reason = &p.unplaceable["s-web"];
+    assert!(
+        reason.contains("fails io.rancher.scheduler.affinity:container_label_ne=io.rancher.stack_service.name=app/web"),
+        "{reason}"
+    );
+}
+
 /// The agent's part: every container the controller wants running runs, a stopped one stops.
 fn agents_run(snap: &mut Snapshot) {
     let all: Vec<_> = snap.containers().cloned().collect();
