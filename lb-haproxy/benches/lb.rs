@@ -151,9 +151,14 @@ async fn backend(addr: SocketAddr) {
 
 /// Closed-loop keep-alive clients for `ROUND`: (requests/s, p99 ms, errors).
 async fn load(port: u16) -> (f64, f64, u64) {
+    load_all(&[port], CONNECTIONS).await[0]
+}
+
+/// `connections` clients on each of `ports` at the same time; per port (requests/s, p99 ms, errors).
+async fn load_all(ports: &[u16], connections: usize) -> Vec<(f64, f64, u64)> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
+    for (which, port) in ports.iter().copied().enumerate().flat_map(|p| std::iter::repeat_n(p, connections)) {
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
@@ -197,23 +202,26 @@ async fn load(port: u16) -> (f64, f64, u64) {
                     lat.push(t.elapsed().as_micros() as u32);
                 }
             }
-            (lat, errors)
+            (which, lat, errors)
         }));
     }
     let t = Instant::now();
     tokio::time::sleep(ROUND).await;
     stop.store(true, Ordering::Relaxed);
-    let mut all = Vec::new();
-    let mut errors = 0;
+    let mut all = vec![(Vec::new(), 0); ports.len()];
     for task in tasks {
-        let (lat, e) = task.await.unwrap();
-        all.extend(lat);
-        errors += e;
+        let (which, lat, e) = task.await.unwrap();
+        all[which].0.extend(lat);
+        all[which].1 += e;
     }
     let took = t.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1000.0;
-    (all.len() as f64 / took, p99, errors)
+    all.into_iter()
+        .map(|(mut lat, errors)| {
+            lat.sort_unstable();
+            let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1000.0;
+            (lat.len() as f64 / took, p99, errors)
+        })
+        .collect()
 }
 
 async fn throughput_and_membership(nats: &NatsServer) {
@@ -284,6 +292,32 @@ async fn throughput_and_membership(nats: &NatsServer) {
         );
         hands.push((name, p, child));
     }
+    // A/A control: our generated text, started by hand like the others. Its distance from
+    // `ours` is what this machine's noise alone does to a ratio.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run_dir.path().join("haproxy.cfg").exists() {
+        assert!(Instant::now() < deadline, "lb-haproxy wrote no configuration");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(run_dir.path().join("haproxy.cfg")).unwrap();
+    let (p, dir) = (free_port(), hand_dir.path().join("ours-text"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = text
+        .replace(&format!("127.0.0.1:{ours}"), &format!("127.0.0.1:{p}"))
+        .replace(&run_dir.path().display().to_string(), &dir.display().to_string());
+    std::fs::write(dir.join("server-state"), "1\n").unwrap();
+    std::fs::write(dir.join("haproxy.cfg"), &text).unwrap();
+    let child = Terminate(
+        Command::new("haproxy")
+            .arg("-W")
+            .arg("-f")
+            .arg(dir.join("haproxy.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    hands.push(("ours-text", p, child));
     let targets: Vec<(&str, u16)> =
         std::iter::once(("ours", ours)).chain(hands.iter().map(|(n, p, _)| (*n, *p))).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -313,6 +347,34 @@ async fn throughput_and_membership(nats: &NatsServer) {
             "  ours / {name}: throughput {:.1} %, p99 {:.2}x",
             medians[0].0 / medians[i].0 * 100.0,
             medians[0].1 / medians[i].1
+        );
+    }
+    println!("  errors {errors}");
+
+    // The same, all at once: every load balancer sees the same machine at the same moment, so
+    // other work on it cancels out of the ratios (each HAProxy gets its fair share of CPU;
+    // what differs is what it does per request).
+    let ports: Vec<u16> = targets.iter().map(|(_, p)| *p).collect();
+    let mut ratios: Vec<Vec<f64>> = vec![vec![]; targets.len()];
+    let mut p99s: Vec<Vec<f64>> = vec![vec![]; targets.len()];
+    for _ in 0..ROUNDS {
+        let r = load_all(&ports, CONNECTIONS / targets.len()).await;
+        for (i, (rps, p99, e)) in r.iter().enumerate() {
+            ratios[i].push(r[0].0 / rps * 100.0);
+            p99s[i].push(*p99);
+            errors += e;
+        }
+    }
+    println!(
+        "concurrent: {} connections on each, {ROUNDS} rounds of {ROUND:?}; median per-round ratio of ours to each",
+        CONNECTIONS / targets.len()
+    );
+    for (i, (name, _)) in targets.iter().enumerate().skip(1) {
+        println!(
+            "  ours / {name}: throughput {:.1} %, p99 {:.2} ms vs {:.2} ms",
+            median(ratios[i].clone()),
+            median(p99s[0].clone()),
+            median(p99s[i].clone())
         );
     }
     println!("  errors {errors}");
