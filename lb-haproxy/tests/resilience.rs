@@ -97,3 +97,25 @@ async fn keeps_serving_while_nats_is_gone() {
     wait_async("web-2 added after the outage", Duration::from_secs(30), || lb.servers() == 2.0).await;
     assert_eq!(lb.reloads(), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_nonzero_when_haproxy_dies() {
+    let st = State::start().await;
+    let port = free_port();
+    st.service("web").await;
+    let _b = Backend::http("web-1", addr("127.0.8.1", port)).await;
+    st.container("web", 1, "127.0.8.1").await;
+    st.lb(json!({"port_rules": [{"source_port": free_port(), "target_port": port, "service": "web"}]})).await;
+    let mut lb = Lb::start(&st.nats.url());
+    lb.wait_ready();
+    let master: i32 = lb
+        .master("show proc")
+        .lines()
+        .find(|l| l.contains(" master "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    std::process::Command::new("kill").args(["-KILL", &master.to_string()]).status().unwrap();
+    let status =
+        tokio::task::block_in_place(|| lb.wait_exit(Duration::from_secs(30))).expect("lb-haproxy kept running");
+    assert!(!status.success(), "{status}");
+}

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{addr, aget, tls, wait_async, Backend, Lb, State};
+use common::{addr, aget, get_raw, parse_response, tls, wait_async, Backend, Lb, State};
 use event_bus::testkit::free_port;
 use serde_json::json;
 
@@ -128,4 +128,50 @@ async fn hosts_paths_tcp_tls_health_and_no_backend() {
     assert_eq!(lb.reloads(), 0.0, "membership and health changes must not reload:\n{}", lb.metrics());
     assert_eq!(lb.haproxy_reloads(), 0);
     assert!(lb.metric("corral_lb_runtime_updates_total") >= 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_stickiness_holds_and_membership_changes_reload() {
+    let st = State::start().await;
+    let port = free_port();
+    st.service("web").await;
+    let mut backends = Vec::new();
+    for n in 1..=2 {
+        let ip = format!("127.0.7.{n}");
+        backends.push(Backend::http(&format!("web-{n}"), addr(&ip, port)).await);
+        st.container("web", n, &ip).await;
+    }
+    let lb_port = free_port();
+    st.lb(json!({
+        "port_rules": [{"source_port": lb_port, "target_port": port, "service": "web"}],
+        "stickiness_policy": {"mode": "insert", "cookie": "SRV", "indirect": true, "nocache": true},
+    }))
+    .await;
+    let lb = Lb::start(&st.nats.url());
+    lb.wait_ready();
+
+    let first = tokio::task::spawn_blocking(move || get_raw(lb_port, "")).await.unwrap();
+    let cookie = first
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no cookie set: {first}"))
+        .to_string();
+    let pinned = parse_response(&first).1;
+    for _ in 0..8 {
+        let c = cookie.clone();
+        let raw = tokio::task::spawn_blocking(move || get_raw(lb_port, &format!("Cookie: {c}\r\n"))).await.unwrap();
+        assert_eq!(parse_response(&raw).1, pinned, "the cookie pins the server");
+    }
+
+    // HAProxy 2.6 refuses `cookie` on servers added at runtime: a sticky backend changes
+    // membership by a (hitless) reload.
+    backends.push(Backend::http("web-3", addr("127.0.7.3", port)).await);
+    st.container("web", 3, "127.0.7.3").await;
+    wait_async("web-3 added by a reload", Duration::from_secs(30), || lb.reloads() == 1.0).await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(aget(lb_port, "x", "/").await.1);
+    }
+    assert!(seen.contains("web-3"), "{seen:?}");
 }

@@ -124,6 +124,18 @@ impl Lb {
         self.child.id()
     }
 
+    /// The exit status, once the process has exited within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn wait_ready(&self) {
         wait("lb-haproxy ready", Duration::from_secs(60), || http_status(self.admin, "/readyz") == 200);
     }
@@ -214,6 +226,16 @@ pub fn get(port: u16, host: &str, path: &str) -> (u16, String) {
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);
     parse_response(&raw)
+}
+
+/// [`get`] with request headers; the whole raw response.
+pub fn get_raw(port: u16, headers: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw
 }
 
 pub fn parse_response(raw: &str) -> (u16, String) {
