@@ -40,6 +40,11 @@ pub struct Counters {
     /// Per upgrading service: its current batch.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub batches: BTreeMap<String, Batch>,
+    /// Per `retain_ip` service: its units' primaries → (host, address), so that the unit that
+    /// replaces one that went (removed from Docker, recreated by the health decision) gets
+    /// the address back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub addresses: BTreeMap<String, BTreeMap<String, (String, String)>>,
 }
 
 /// One batch of an in-service upgrade ([`crate::upgrade`]).
@@ -218,6 +223,7 @@ fn units<'a>(snap: &'a Snapshot, svc: &'a Service) -> BTreeMap<u64, Vec<&'a Arc<
 pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: u64) -> Placement {
     let mut out = Placement { counters: floor(snap, counters), ..Default::default() };
     out.counters.batches.clear();
+    out.counters.addresses.clear();
     // What runs where, including what this placement adds as it goes.
     let mut load: HashMap<String, HostLoad> = HashMap::new();
     let mut used_ips: HashMap<String, BTreeSet<Ipv4Addr>> = HashMap::new();
@@ -406,6 +412,33 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
             }
         }
 
+        // retain_ip: the addresses of units gone since the last pass (or going in this one) are
+        // given back to the units that replace them, on the same host.
+        let retain = svc.extra.get("retain_ip").and_then(|v| v.as_bool()).unwrap_or(false);
+        let mut retained: Vec<(String, Ipv4Addr)> = Vec::new();
+        let mut addresses: BTreeMap<String, (String, String)> = BTreeMap::new();
+        if retain {
+            for c in snap.containers_of_service(&svc.uuid).filter(|c| c.launch_config_name.is_none()) {
+                if let (Some(h), Some(ip), false) = (&c.host_uuid, &c.primary_ip, out.remove.contains(&c.uuid)) {
+                    addresses.insert(c.uuid.clone(), (h.clone(), ip.clone()));
+                }
+            }
+            for (uuid, (h, ip)) in counters.addresses.get(&svc.uuid).into_iter().flatten() {
+                let Ok(addr) = ip.parse::<Ipv4Addr>() else { continue };
+                if addresses.contains_key(uuid) {
+                    continue;
+                }
+                // Removed in this pass: its address is free for this pass's units (the agent
+                // removes a container before it creates the ones that replace it).
+                if out.remove.contains(uuid) {
+                    if let Some(used) = used_ips.get_mut(h) {
+                        used.remove(&addr);
+                    }
+                }
+                retained.push((h.clone(), addr));
+            }
+        }
+
         if global && base.is_empty() {
             let reason = if why_not.is_empty() { "no live hosts".to_string() } else { why_not.join("; ") };
             out.unplaceable.insert(svc.uuid.clone(), format!("global: no host qualifies: {reason}"));
@@ -466,7 +499,9 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
                     true
                 })
                 .collect();
-            let score = |h: &Host| -> (usize, usize, usize) {
+            let score = |h: &Host| -> (bool, usize, usize, usize) {
+                // A host with an address to give back comes first.
+                let no_address = !retained.iter().any(|(rh, _)| *rh == h.uuid);
                 let mut soft_missed = soft_host_missed.get(h.uuid.as_str()).copied().unwrap_or(0);
                 if soft_container_rules {
                     soft_missed += all_rules
@@ -476,7 +511,7 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
                 }
                 let mine = kept_hosts.iter().filter(|k| **k == h.uuid).count();
                 let total = load.get(&h.uuid).map(|l| l.total).unwrap_or(0);
-                (soft_missed, mine, total)
+                (no_address, soft_missed, mine, total)
             };
             let Some(host) = candidates.iter().copied().min_by_key(|h| score(h)) else {
                 let mut reasons = why_not.clone();
@@ -491,7 +526,9 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
             };
             // Indexes are only taken for a unit that is placed whole.
             let before = out.counters.clone();
-            let what = What { svc, stack, lcs: &lcs, requested_ips: &requested_ips, version: &version };
+            let mut wish = requested_ips.clone();
+            wish.extend(retained.iter().filter(|(rh, _)| *rh == host.uuid).map(|(_, ip)| *ip));
+            let what = What { svc, stack, lcs: &lcs, requested_ips: &wish, version: &version };
             match unit_on(&what, host, &mut out.counters, used_ips.entry(host.uuid.clone()).or_default()) {
                 Ok(unit) => {
                     let l = load.entry(host.uuid.clone()).or_default();
@@ -502,6 +539,14 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
                         l.names.insert(Cow::Owned(c.name.clone()));
                     }
                     kept_hosts.push(host.uuid.clone());
+                    if retain {
+                        for c in unit.iter().filter(|c| c.launch_config_name.is_none()) {
+                            if let Some(ip) = &c.primary_ip {
+                                retained.retain(|(_, r)| r.to_string() != *ip);
+                                addresses.insert(c.uuid.clone(), (host.uuid.clone(), ip.clone()));
+                            }
+                        }
+                    }
                     if upgrading {
                         batch
                             .started
@@ -518,6 +563,9 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
         }
         if upgrading {
             out.counters.batches.insert(svc.uuid.clone(), batch);
+        }
+        if retain && !addresses.is_empty() {
+            out.counters.addresses.insert(svc.uuid.clone(), addresses);
         }
     }
     // Containers of services or stacks that are gone or removed, and of hosts that are gone.

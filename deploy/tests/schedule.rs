@@ -259,6 +259,54 @@ fn affinity_macros_name_the_service_itself() {
     );
 }
 
+/// retain_ip: the unit that replaces one gets its address back (not the lowest free one),
+/// whether the old one was removed from Docker (placement replaces it in one pass) or its
+/// record was deleted (the health decision's recreate; the next pass replaces it).
+#[test]
+fn retain_ip_gives_the_address_back() {
+    let api = service("s-api", "api", 1, &[]);
+    let mut web = service("s-web", "web", 3, &[]);
+    web.extra.insert("retain_ip".into(), serde_json::json!(true));
+    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[]), host("h2", "host-2", 2, &[])], vec![api.clone(), web]);
+    let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
+    let p = place(&snap, &hosts, &Counters::default(), 0);
+    apply(&mut snap, &p);
+    let find = |snap: &Snapshot, name: &str| snap.containers().find(|c| c.name == name).map(|c| (**c).clone());
+    let (api1, web1, web2) =
+        (find(&snap, "app-api-1").unwrap(), find(&snap, "app-web-1").unwrap(), find(&snap, "app-web-2").unwrap());
+    assert_eq!(api1.primary_ip.as_deref(), Some("10.42.1.2"));
+    assert_eq!(web2.host_uuid.as_deref(), Some("h1"));
+    assert_eq!(web2.primary_ip.as_deref(), Some("10.42.1.3"));
+
+    // web-1 removed from Docker behind the agent's back: replaced in the same pass.
+    let st = fixtures::status(&web1.uuid, web1.host_uuid.as_deref().unwrap(), "removed").into_record();
+    snap.apply(&Key::new(st.family(), st.id()).unwrap(), Some(st));
+    let p2 = place(&snap, &hosts, &p.counters, 0);
+    assert_eq!(p2.remove, [web1.uuid.clone()]);
+    assert_eq!(p2.create.len(), 1);
+    assert_eq!(p2.create[0].primary_ip, web1.primary_ip, "{} keeps the address", p2.create[0].name);
+    apply(&mut snap, &p2);
+
+    // api scaled to 0 frees 10.42.1.2; then web-2's record is deleted (a recreate). Its
+    // replacement goes back to host-1 with 10.42.1.3, not the lower free 10.42.1.2.
+    let mut api0 = api.clone();
+    api0.scale = Some(0);
+    let r = api0.into_record();
+    snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
+    let p3 = place(&snap, &hosts, &p2.counters, 0);
+    assert_eq!(p3.remove, [api1.uuid.clone()]);
+    apply(&mut snap, &p3);
+    snap.apply(&Key::new(event_bus::Family::Container, &web2.uuid).unwrap(), None);
+    let p4 = place(&snap, &hosts, &p3.counters, 0);
+    assert_eq!(p4.create.len(), 1);
+    assert_eq!(
+        (p4.create[0].host_uuid.as_deref(), p4.create[0].primary_ip.as_deref()),
+        (Some("h1"), Some("10.42.1.3"))
+    );
+    assert_eq!(p4.counters.addresses["s-web"].len(), 3);
+    assert!(!p4.counters.addresses.contains_key("s-api"), "only retain_ip services are remembered");
+}
+
 /// The agent's part: every container the controller wants running runs, a stopped one stops.
 fn agents_run(snap: &mut Snapshot) {
     let all: Vec<_> = snap.containers().cloned().collect();
