@@ -282,7 +282,7 @@ fn retain_ip_gives_the_address_back() {
     let st = fixtures::status(&web1.uuid, web1.host_uuid.as_deref().unwrap(), "removed").into_record();
     snap.apply(&Key::new(st.family(), st.id()).unwrap(), Some(st));
     let p2 = place(&snap, &hosts, &p.counters, 0);
-    assert_eq!(p2.remove, [web1.uuid.clone()]);
+    assert_eq!(p2.remove.as_slice(), std::slice::from_ref(&web1.uuid));
     assert_eq!(p2.create.len(), 1);
     assert_eq!(p2.create[0].primary_ip, web1.primary_ip, "{} keeps the address", p2.create[0].name);
     apply(&mut snap, &p2);
@@ -294,7 +294,7 @@ fn retain_ip_gives_the_address_back() {
     let r = api0.into_record();
     snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
     let p3 = place(&snap, &hosts, &p2.counters, 0);
-    assert_eq!(p3.remove, [api1.uuid.clone()]);
+    assert_eq!(p3.remove.as_slice(), std::slice::from_ref(&api1.uuid));
     apply(&mut snap, &p3);
     snap.apply(&Key::new(event_bus::Family::Container, &web2.uuid).unwrap(), None);
     let p4 = place(&snap, &hosts, &p3.counters, 0);
