@@ -100,7 +100,7 @@ async fn scale_restart_and_a_new_rule_under_load_drop_nothing() {
     let settle = |ms| tokio::time::sleep(Duration::from_millis(ms));
 
     let load = Load::start(lb_port, 16, 80);
-    settle(1500).await;
+    settle(2500).await;
 
     // 2 → 5
     for n in 3..=5 {
@@ -147,7 +147,7 @@ async fn scale_restart_and_a_new_rule_under_load_drop_nothing() {
     st.lb(json!({"port_rules": [rule(lb_port), rule(new_port)]})).await;
     wait_async("the new rule applied", Duration::from_secs(30), || lb.reloads() == 1.0).await;
     assert_eq!(aget(new_port, "web.example.com", "/").await.0, 200);
-    settle(1500).await;
+    settle(2000).await;
 
     let (ok, failed, errors, took) = load.finish().await;
     let rate = ok as f64 / took.as_secs_f64();

@@ -53,8 +53,12 @@ async fn hosts_paths_tcp_tls_health_and_no_backend() {
         "default_cert": "cert-default",
     }))
     .await;
-    let lb = Lb::start(&st.nats.url());
+    let stats = free_port();
+    let lb = Lb::start_with(&st.nats.url(), &["--haproxy-stats-addr", &format!("127.0.0.1:{stats}")]);
     lb.wait_ready();
+    // HAProxy's own metrics, next to ours.
+    let promex = common::raw_get(stats, "/metrics");
+    assert!(promex.contains("haproxy_backend_active_servers{proxy=\""), "{promex}");
 
     // Two hostnames × two paths, a Host header with a port, case, a path prefix, the default.
     for (host, path, want) in [

@@ -103,6 +103,10 @@ pub struct Lb {
 
 impl Lb {
     pub fn start(nats_url: &str) -> Lb {
+        Lb::start_with(nats_url, &[])
+    }
+
+    pub fn start_with(nats_url: &str, args: &[&str]) -> Lb {
         let admin = free_port();
         let run_dir = tempfile::Builder::new().prefix("corral-lb-").tempdir().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_lb-haproxy"))
@@ -111,6 +115,7 @@ impl Lb {
             .arg(format!("127.0.0.1:{admin}"))
             .arg("--run-dir")
             .arg(run_dir.path())
+            .args(args)
             .env("CORRAL_NATS_URL", nats_url)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
@@ -205,7 +210,7 @@ pub async fn wait_async(what: &str, limit: Duration, mut cond: impl FnMut() -> b
     }
 }
 
-fn raw_get(port: u16, path: &str) -> String {
+pub fn raw_get(port: u16, path: &str) -> String {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
     let _ = write!(s, "GET {path} HTTP/1.0\r\n\r\n");
     let mut raw = String::new();
