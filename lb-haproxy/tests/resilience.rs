@@ -119,3 +119,28 @@ async fn exits_nonzero_when_haproxy_dies() {
         tokio::task::block_in_place(|| lb.wait_exit(Duration::from_secs(30))).expect("lb-haproxy kept running");
     assert!(!status.success(), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_haproxy_and_exits_zero() {
+    let st = State::start().await;
+    let port = free_port();
+    st.service("web").await;
+    let _b = Backend::http("web-1", addr("127.0.8.2", port)).await;
+    st.container("web", 1, "127.0.8.2").await;
+    let lb_port = free_port();
+    st.lb(json!({"port_rules": [{"source_port": lb_port, "target_port": port, "service": "web"}]})).await;
+    let mut lb = Lb::start(&st.nats.url());
+    lb.wait_ready();
+    let master: i32 = lb
+        .master("show proc")
+        .lines()
+        .find(|l| l.contains(" master "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    std::process::Command::new("kill").args(["-TERM", &lb.pid().to_string()]).status().unwrap();
+    let status = tokio::task::block_in_place(|| lb.wait_exit(Duration::from_secs(30))).expect("still running");
+    assert!(status.success(), "{status}");
+    let alive = std::process::Command::new("kill").args(["-0", &master.to_string()]).status().unwrap().success();
+    assert!(!alive, "HAProxy's master outlived lb-haproxy");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", lb_port)).is_err(), "the port still listens");
+}
