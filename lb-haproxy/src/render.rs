@@ -222,12 +222,15 @@ fn host_cond(fetch: &str, h: &Host) -> String {
     }
 }
 
-fn server_params(check: Option<&Check>, sticky: bool, user: &[String]) -> Vec<String> {
+fn server_params(check: Option<&Check>, weight: Option<u32>, user: &[String]) -> Vec<String> {
     let mut p = Vec::new();
     if let Some(c) = check {
         p.push(format!("check port {} inter {} rise {} fall {}", c.port, c.inter_ms, c.rise, c.fall));
     }
-    let _ = sticky;
+    // Rancher v1.6 wrote the weight when it was not HAProxy's default of 1.
+    if let Some(w) = weight.filter(|w| *w != 1) {
+        p.push(format!("weight {w}"));
+    }
     p.extend(user.iter().cloned());
     p
 }
@@ -356,7 +359,7 @@ pub fn render(settings: &Settings, input: &Input<'_>) -> Result<Rendered, Config
             .chain(named.map(|b| b.server_params.iter()).into_iter().flatten())
             .cloned()
             .collect();
-        let params = server_params(check, sticky_here.is_some(), &user).join(" ");
+        let params = server_params(check, be.weight, &user).join(" ");
         let servers = endpoints.servers.get(name).cloned().unwrap_or_default();
         for s in &servers {
             let mut l = format!("server {} {}", s.name, s.addr);
@@ -574,9 +577,10 @@ mod tests {
     }
 
     #[test]
-    fn health_check_of_the_target_is_rendered() {
-        let (lb, mut snap) =
-            env(serde_json::json!({"port_rules": [{"source_port": 80, "target_port": 8080, "service": "web"}]}));
+    fn health_check_and_weight_of_the_target_are_rendered() {
+        let (lb, mut snap) = env(serde_json::json!({"port_rules": [
+            {"source_port": 80, "target_port": 8080, "service": "web", "weight": 50}
+        ]}));
         let mut web = Service::clone(snap.service("web").unwrap());
         web.launch_config.health_check = Some(
             serde_json::from_value(
@@ -588,7 +592,7 @@ mod tests {
         let r = render_service(&settings(), &lb, &snap).unwrap();
         assert!(r.text.contains("option httpchk GET /healthz HTTP/1.0\n"), "{}", r.text);
         assert!(
-            r.text.contains("server app-web-1 10.42.0.1:8080 check port 8080 inter 500 rise 2 fall 3\n"),
+            r.text.contains("server app-web-1 10.42.0.1:8080 check port 8080 inter 500 rise 2 fall 3 weight 50\n"),
             "{}",
             r.text
         );
@@ -649,7 +653,7 @@ mod tests {
                 {"source_port": 80, "target_port": 9000, "service": "api", "hostname": "www.*"},
                 {"source_port": 443, "target_port": 8080, "service": "web", "protocol": "https", "hostname": "*.example.com"},
                 {"source_port": 444, "target_port": 8080, "service": "web", "protocol": "tls", "hostname": "a.example.com"},
-                {"source_port": 3306, "target_port": 3306, "service": "api", "protocol": "tcp"},
+                {"source_port": 3306, "target_port": 3306, "service": "api", "protocol": "tcp", "weight": 0},
                 {"source_port": 8443, "target_port": 443, "service": "web", "protocol": "sni", "hostname": "*.secure.example.com"},
             ],
             "certs": ["good"], "default_cert": "good",

@@ -171,6 +171,8 @@ pub struct Backend {
     pub name: String,
     pub http: bool,
     pub targets: Vec<Target>,
+    /// The first rule's `weight` (Rancher v1.6): HAProxy `weight` of every server.
+    pub weight: Option<u32>,
 }
 
 /// Everything the port rules say, resolved against the state.
@@ -190,6 +192,7 @@ struct Rule<'a> {
     path: Option<String>,
     priority: Option<u32>,
     backend_name: Option<String>,
+    weight: Option<u32>,
     target: Target,
     _src: &'a PortRule,
 }
@@ -280,6 +283,9 @@ pub fn plan(lb: &Service, snap: &Snapshot) -> Result<Plan, ConfigError> {
             }
             Some(p) => Some(p.to_string()),
         };
+        if pr.weight.is_some_and(|w| w > 256) {
+            return Err(invalid(index, "weight", "must be 0-256 (0 takes the servers out of rotation)"));
+        }
         if pr.priority == Some(0) {
             return Err(invalid(index, "priority", "must be 1 or more (lower matches first)"));
         }
@@ -312,6 +318,7 @@ pub fn plan(lb: &Service, snap: &Snapshot) -> Result<Plan, ConfigError> {
                 path,
                 priority: pr.priority,
                 backend_name: over.backend_name.or_else(|| backend_name.clone()),
+                weight: pr.weight,
                 target,
                 _src: pr,
             });
@@ -468,6 +475,7 @@ fn build(rules: Vec<Rule<'_>>, warnings: Vec<String>) -> Result<Plan, ConfigErro
             name: name.clone(),
             http: r.protocol.is_http(),
             targets: Vec::new(),
+            weight: r.weight,
         });
         if be.http != r.protocol.is_http() {
             return Err(invalid(
@@ -716,6 +724,8 @@ mod tests {
         assert!(matches!(e, ConfigError::InvalidField { field: "path", .. }), "{e}");
         let e = err(vec![with(rule(80, "web", 1), |r| r.target_port = None)]);
         assert!(matches!(e, ConfigError::InvalidField { field: "target_port", .. }), "{e}");
+        let e = err(vec![with(rule(80, "web", 1), |r| r.weight = Some(300))]);
+        assert!(matches!(e, ConfigError::InvalidField { field: "weight", .. }), "{e}");
         let e = err(vec![with(rule(80, "web", 1), |r| r.backend_name = Some("a b".into()))]);
         assert!(matches!(e, ConfigError::InvalidField { field: "backend_name", .. }), "{e}");
     }
