@@ -92,7 +92,9 @@ pub struct Haproxy {
 impl Haproxy {
     /// Starts `bin -W -S <socket> -f <config>` and waits until a worker runs. HAProxy gets its
     /// own process group (a Ctrl-C meant for us must not hard-stop it before we do) and dies
-    /// with this process if it is killed (`PR_SET_PDEATHSIG`).
+    /// with this process if it is killed (`PR_SET_PDEATHSIG`). That signal fires when the
+    /// *thread* that spawned it ends, so call this from one that lives as long as the process
+    /// (the binary's controller runs on `main`'s `block_on`), never from `spawn_blocking`.
     pub async fn start(bin: &Path, config: &Path, socket: &Path) -> Result<Haproxy, HaproxyError> {
         let _ = std::fs::remove_file(socket);
         let mut cmd = Command::new(bin);
