@@ -17,7 +17,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
-use event_bus::model::{Container, ContainerStatus, Extra, Host, Labels, LaunchConfig};
+use event_bus::model::{Container, ContainerStatus, Extra, Host, Labels, LaunchConfig, ServiceKind};
 use event_bus::{StateCache, StateStore};
 
 use crate::history::now_ms;
@@ -42,6 +42,11 @@ pub struct Settings {
     pub dns: Vec<String>,
     /// How long a container gets to stop after SIGTERM (upgrades stop old containers).
     pub stop_timeout: Duration,
+    /// The image a load balancer service's containers run (`scripts/lb-image`), and what they
+    /// need to reach NATS: its URL (never credentials) and the environment name.
+    pub lb_image: String,
+    pub nats_url: String,
+    pub env: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +342,11 @@ async fn create(
             )
         }
     };
+    if let Some(svc) =
+        snap.service(c.service_uuid.as_deref().unwrap_or_default()).filter(|s| s.kind == ServiceKind::LoadBalancer)
+    {
+        return create_lb(docker, snap, c, svc, labels, s).await;
+    }
     let own_network = network_mode == s.network;
     let (exposed, bindings) = port_bindings(lc.map(|l| (&l.ports[..], &l.expose[..])).unwrap_or_default());
     let body = ContainerCreateBody {
@@ -369,6 +379,38 @@ async fn create(
     };
     // A container left from an earlier agent under the same name but not ours: an error the
     // operator must see, not something to delete.
+    let created =
+        docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&c.name).build()), body).await?;
+    Ok(created.id)
+}
+
+/// A load balancer's container: lb-haproxy and HAProxy from `--lb-image`, on the host's network
+/// (it binds the rule ports on the host and reaches NATS like the agent does), told which service
+/// it serves. Rancher ran `rancher/lb-service-haproxy` on the managed network instead.
+async fn create_lb(
+    docker: &Docker,
+    snap: &event_bus::Snapshot,
+    c: &Container,
+    svc: &event_bus::model::Service,
+    labels: HashMap<String, String>,
+    s: &Settings,
+) -> Result<String, AgentError> {
+    let stack = snap.stack(&svc.stack_uuid).map(|st| st.name.clone()).unwrap_or_default();
+    let env = vec![
+        format!("CORRAL_NATS_URL={}", s.nats_url),
+        format!("CORRAL_ENV={}", s.env),
+        format!("CORRAL_LB_SERVICE={stack}/{}", svc.name),
+        format!("CORRAL_HOST_UUID={}", s.host_uuid),
+        // Several load balancers may share the host's network: no fixed admin port.
+        "CORRAL_ADMIN_ADDR=127.0.0.1:0".to_string(),
+    ];
+    let body = ContainerCreateBody {
+        image: Some(s.lb_image.clone()),
+        env: Some(env),
+        labels: Some(labels),
+        host_config: Some(HostConfig { network_mode: Some("host".into()), ..Default::default() }),
+        ..Default::default()
+    };
     let created =
         docker.create_container(Some(CreateContainerOptionsBuilder::new().name(&c.name).build()), body).await?;
     Ok(created.id)

@@ -61,6 +61,9 @@ pub struct Services {
     /// (controller, agent, rancher-dns, rancher-metadata, healthcheck); 0: any free ports.
     #[arg(long, env = "CORRAL_LOCAL_ADMIN_BASE_PORT", default_value_t = 9230)]
     pub admin_base_port: u16,
+    /// The image load balancer services run (built by scripts/lb-image).
+    #[arg(long, env = "CORRAL_DEPLOY_LB_IMAGE", default_value = "corral/lb-haproxy:dev")]
+    pub lb_image: String,
     /// How long to wait for the stack's containers to run before giving up.
     #[arg(long, env = "CORRAL_LOCAL_WAIT", default_value = "3m", value_parser = humantime::parse_duration)]
     pub wait: Duration,
@@ -313,6 +316,9 @@ pub async fn up(
         heartbeat: Duration::from_secs(5),
         dns: vec![gw.to_string()],
         stop_timeout: Duration::from_secs(10),
+        lb_image: String::new(),
+        nats_url: String::new(),
+        env: String::new(),
     };
     agent::ensure_network(&docker, &settings).await?;
 
@@ -350,6 +356,8 @@ pub async fn up(
                 &settings.network,
                 "--container-dns",
                 &gw.to_string(),
+                "--lb-image",
+                &sv.lb_image,
             ]
             .map(String::from)
             .to_vec(),
@@ -403,6 +411,13 @@ pub async fn up(
         return Ok(ExitCode::SUCCESS);
     };
     let stack = d.stack.name.clone();
+    let has_lb = d.services.iter().any(|s| s.kind == event_bus::model::ServiceKind::LoadBalancer);
+    if has_lb && docker.inspect_image(&sv.lb_image).await.is_err() {
+        anyhow::bail!(
+            "the stack has a load balancer, and its image {} is not built: run scripts/lb-image (it needs lb-haproxy built)",
+            sv.lb_image
+        );
+    }
     let applied = crate::apply::run(&store, &history, &stack, Some(d), Scale::Keep, "local up", false).await?;
     print!("\n{}", applied.plan);
     if let Some(rev) = applied.revision {

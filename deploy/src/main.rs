@@ -116,6 +116,10 @@ enum Command {
         /// How long a container gets to stop after SIGTERM before it is killed (upgrades).
         #[arg(long, env = "CORRAL_DEPLOY_STOP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
         stop_timeout: std::time::Duration,
+        /// The image load balancer services' containers run: lb-haproxy with HAProxy, built by
+        /// scripts/lb-image.
+        #[arg(long, env = "CORRAL_DEPLOY_LB_IMAGE", default_value = "corral/lb-haproxy:dev")]
+        lb_image: String,
     },
     /// Everything on this machine from one command: `deploy local up web-lb` starts a private
     /// NATS, the controller, an agent on the local Docker engine, rancher-dns and
@@ -527,6 +531,7 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
             heartbeat,
             container_dns,
             stop_timeout,
+            lb_image,
         } => {
             let default_name = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
             let host_uuid = host_uuid.clone().unwrap_or_else(|| default_name.clone());
@@ -548,6 +553,10 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
                 heartbeat: *heartbeat,
                 dns: container_dns.clone(),
                 stop_timeout: *stop_timeout,
+                lb_image: lb_image.clone(),
+                // Credentials never go into a container's environment (docker inspect shows it).
+                nats_url: event_bus::bus::redact_url(&common.nats.nats_url),
+                env: common.env.clone(),
             };
             let docker = bollard::Docker::connect_with_local_defaults()?;
             let metrics = event_bus::runtime::metrics::Metrics::new();

@@ -149,8 +149,8 @@ struct HostLoad<'a> {
     labels: Vec<Cow<'a, BTreeMap<String, String>>>,
     names: BTreeSet<Cow<'a, str>>,
     total: usize,
-    /// Published host ports, with the container that publishes each.
-    ports: Vec<(Published, String)>,
+    /// Published host ports by (port, protocol): the address and the container publishing it.
+    ports: HashMap<(u16, &'static str), Vec<(Option<std::net::IpAddr>, String)>>,
 }
 
 type Published = (Option<std::net::IpAddr>, u16, &'static str);
@@ -161,11 +161,23 @@ fn published(ports: &[String]) -> impl Iterator<Item = Published> + '_ {
     ports.iter().filter_map(|p| crate::ports::parse(p).ok()).flat_map(|p| p.published().collect::<Vec<_>>())
 }
 
+impl HostLoad<'_> {
+    fn publish(&mut self, ports: &[String], by: &str) {
+        for (ip, port, proto) in published(ports) {
+            self.ports.entry((port, proto)).or_default().push((ip, by.to_string()));
+        }
+    }
+}
+
 /// The first port of `unit` that something on the host already publishes: (port, by whom).
 fn port_taken<'a>(unit: &[Published], load: Option<&'a HostLoad>) -> Option<(Published, &'a str)> {
     let load = load?;
     unit.iter().find_map(|mine| {
-        load.ports.iter().find(|(theirs, _)| crate::ports::clash(*mine, *theirs)).map(|(_, by)| (*mine, by.as_str()))
+        let theirs = load.ports.get(&(mine.1, mine.2))?;
+        theirs
+            .iter()
+            .find(|(ip, _)| crate::ports::clash(*mine, (*ip, mine.1, mine.2)))
+            .map(|(_, by)| (*mine, by.as_str()))
     })
 }
 
@@ -230,7 +242,9 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
     for c in snap.containers().filter(|c| c.desired_state != "removed") {
         let Some(h) = c.host_uuid.as_deref() else { continue };
         let l = load.entry(h.to_string()).or_default();
-        l.ports.extend(published(&c.ports).map(|p| (p, c.name.clone())));
+        if !c.ports.is_empty() {
+            l.publish(&c.ports, &c.name);
+        }
         l.labels.push(Cow::Borrowed(&c.labels));
         l.names.insert(Cow::Borrowed(c.name.as_str()));
         l.total += 1;
@@ -534,7 +548,9 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
                     let l = load.entry(host.uuid.clone()).or_default();
                     l.total += unit.len();
                     for c in &unit {
-                        l.ports.extend(published(&c.ports).map(|p| (p, c.name.clone())));
+                        if !c.ports.is_empty() {
+                            l.publish(&c.ports, &c.name);
+                        }
                         l.labels.push(Cow::Owned(c.labels.clone()));
                         l.names.insert(Cow::Owned(c.name.clone()));
                     }
@@ -684,6 +700,8 @@ fn unit_on(
         match lc.network_mode.as_deref() {
             Some(m) if m.starts_with("container:") => {}
             Some("host" | "none") => {}
+            // A load balancer's container runs on the host's network (the agent's `create_lb`).
+            _ if svc.kind == ServiceKind::LoadBalancer && lc_name.is_none() => {}
             _ => {
                 let wish = if lc_name.is_none() { requested_ips } else { &[] };
                 let ip = wish

@@ -40,7 +40,7 @@ fn local(args: &[&str], state: &Path, host: &str) -> (i32, String, String) {
 #[test]
 fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     require_image();
-    for bin in ["rancher-dns", "rancher-metadata", "healthcheck"] {
+    for bin in ["rancher-dns", "rancher-metadata", "healthcheck", "lb-haproxy"] {
         let path = Path::new(env!("CARGO_BIN_EXE_deploy")).with_file_name(bin);
         assert!(path.is_file(), "{} missing: build the workspace (cargo build --workspace)", path.display());
     }
@@ -51,8 +51,16 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("local");
     let public = free_port();
+    let lb_port = free_port();
     let answers = dir.path().join("answers.yml");
-    std::fs::write(&answers, format!("PUBLIC_PORT: {public}\n")).unwrap();
+    std::fs::write(&answers, format!("PUBLIC_PORT: {public}\nLB_PORT: {lb_port}\n")).unwrap();
+    // The load balancer's image, from the lb-haproxy built beside deploy.
+    let lb = Path::new(env!("CARGO_BIN_EXE_deploy")).with_file_name("lb-haproxy");
+    let built = Command::new(workspace().join("scripts/lb-image"))
+        .args([lb.to_str().unwrap(), "corral/lb-haproxy:test"])
+        .status()
+        .expect("scripts/lb-image");
+    assert!(built.success(), "scripts/lb-image failed");
     // A subnet of its own per run, so parallel runs and a developer's own local stack differ.
     let subnet = format!("10.42.{}.0/24", 100 + pid % 100);
     let gateway = subnet.replace(".0/24", ".1");
@@ -76,6 +84,8 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
             "127.0.0.1:9".into(),
             "--wait".into(),
             "90s".into(),
+            "--lb-image".into(),
+            "corral/lb-haproxy:test".into(),
         ];
         v
     };
@@ -110,6 +120,22 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     // the health-checked web containers initializing, then healthy.
     assert!(out.contains("starting") && out.contains(" running"), "{out}");
     assert!(out.contains("running, initializing") && out.contains("running, healthy"), "{out}");
+
+    // The load balancer (lb-haproxy in its container) spreads requests over both web containers.
+    let mut answered = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while answered.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load balancer did not reach both web containers: {answered:?}"
+        );
+        if let Some(page) = try_http_get(lb_port, "/") {
+            answered.insert(page.trim().to_string());
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    assert_eq!(answered, [format!("hello from {stack}-web-1"), format!("hello from {stack}-web-2")].into());
 
     // The published port, and through it the front's CGI asking `web` by its service name.
     let page = http_get(public, "/cgi-bin/hello");
@@ -170,7 +196,7 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     // Down: nothing of ours runs; the state stays.
     let (code, out, err) = local(&["down", "--stop-timeout", "1s"], &state, &host);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains("stopped 3 container(s)") && out.contains("stopped nats"), "{out}");
+    assert!(out.contains("stopped 4 container(s)") && out.contains("stopped nats"), "{out}");
     let running = docker(&["ps", "-q", "--filter", &format!("label=io.corral.agent.host={host}")]);
     assert!(running.is_empty(), "containers still run: {running}");
     assert!(state.join("nats/jetstream").is_dir());
@@ -183,8 +209,22 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     let names = docker(&["ps", "--format", "{{.Names}}", "--filter", &format!("label=io.corral.agent.host={host}")]);
     let mut names: Vec<&str> = names.lines().collect();
     names.sort();
-    assert_eq!(names, [front.as_str(), &format!("{stack}-web-1"), &format!("{stack}-web-2")]);
+    assert_eq!(names, [front.as_str(), &format!("{stack}-lb-1"), &format!("{stack}-web-1"), &format!("{stack}-web-2")]);
     assert!(http_get(public, "/").contains("front page"));
+}
+
+/// A GET that may fail (the load balancer may not listen yet): the body of a 200.
+fn try_http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
 }
 
 /// A plain HTTP/1.0 GET on loopback; the body.
