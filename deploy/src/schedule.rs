@@ -150,10 +150,13 @@ struct HostLoad<'a> {
     names: BTreeSet<Cow<'a, str>>,
     total: usize,
     /// Published host ports by (port, protocol): the address and the container publishing it.
-    ports: HashMap<(u16, &'static str), Vec<(Option<std::net::IpAddr>, String)>>,
+    ports: HashMap<(u16, &'static str), Vec<Publisher>>,
 }
 
 type Published = (Option<std::net::IpAddr>, u16, &'static str);
+
+/// Who publishes a port on a host: on which address (none: all), and the container's name.
+type Publisher = (Option<std::net::IpAddr>, String);
 
 /// The fixed host ports a container publishes (specs that do not parse were refused by `deploy
 /// up`; here they are skipped).
