@@ -440,6 +440,12 @@ fn read_answers(path: &std::path::Path) -> Result<Answers, deploy::problem::Prob
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One-shot commands piped into `head` end quietly when the reader goes, as other CLIs do,
+    // instead of panicking on a broken pipe. (Not the long-running ones: they own sockets.)
+    if !matches!(cli.command, Command::Controller { .. } | Command::Agent { .. } | Command::Local { .. }) {
+        // SAFETY: restores the default disposition of one signal before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let _telemetry = telemetry::init("deploy", cli.common.log_format, cli.common.log.as_deref().unwrap_or("warn"));
     // Stack files are checked before NATS is contacted: a broken file reads the same offline.
     let desired = match &cli.command {

@@ -381,7 +381,15 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
             }
         };
         if upgrading {
-            let started_run = batch.started.iter().all(|u| snap.status(u).is_some_and(|st| st.state == "running"));
+            // A unit is ready when it runs and, if it is health-checked, is healthy (as Rancher's
+            // upgrade waited for): only then does the next step stop more old units.
+            let ready = |u: &String| {
+                snap.status(u).is_some_and(|st| st.state == "running")
+                    && snap.container(u).is_none_or(|c| {
+                        c.health_check.is_none() || snap.health(u).is_some_and(|h| h.health_state == "healthy")
+                    })
+            };
+            let started_run = batch.started.iter().all(ready);
             let old: Vec<String> = running
                 .iter()
                 .map(|(_, m)| m[0])

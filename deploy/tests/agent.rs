@@ -380,7 +380,7 @@ async fn two_hosts_spread_and_fail_over() {
     let f = dir.path().join("docker-compose.yml");
     std::fs::write(
         &f,
-        format!("version: '2'\nservices:\n  web:\n    image: {IMAGE}\n    command: /bin/httpd -f -p 80 -h /www\n  db:\n    image: {IMAGE}\n    command: /bin/sleep 3600\n    labels:\n      io.rancher.scheduler.affinity:host_label: disk=ssd\n"),
+        format!("version: '2'\nservices:\n  web:\n    image: {IMAGE}\n    command: /bin/httpd -f -p 80 -h /www\n  db:\n    image: {IMAGE}\n    command: /bin/sleep 3600\n    labels:\n      io.rancher.scheduler.affinity:host_label: disk=ssd\n  mon:\n    image: {IMAGE}\n    command: /bin/sleep 3600\n    labels:\n      io.rancher.scheduler.global: 'true'\n"),
     )
     .unwrap();
     std::fs::write(dir.path().join("rancher-compose.yml"), "version: '2'\nservices:\n  web:\n    scale: 2\n").unwrap();
@@ -396,9 +396,9 @@ async fn two_hosts_spread_and_fail_over() {
         v.sort();
         v
     };
-    until(Duration::from_secs(60), "3 containers running", || async {
+    until(Duration::from_secs(60), "5 containers running", || async {
         let p = placed().await;
-        p.len() == 3 && p.iter().all(|(_, _, st)| st == "running")
+        p.len() == 5 && p.iter().all(|(_, _, st)| st == "running")
     })
     .await;
     let p = placed().await;
@@ -406,6 +406,9 @@ async fn two_hosts_spread_and_fail_over() {
         p.iter().filter(|(n, _, _)| n.contains("-web-")).map(|(_, h, _)| h.as_str()).collect();
     assert_eq!(web_hosts.len(), 2, "web spread over both hosts: {p:?}");
     assert!(p.iter().any(|(n, h, _)| n.contains("-db-") && *h == host_b), "db on the ssd host: {p:?}");
+    let mon_hosts: std::collections::BTreeSet<&str> =
+        p.iter().filter(|(n, _, _)| n.contains("-mon-")).map(|(_, h, _)| h.as_str()).collect();
+    assert_eq!(mon_hosts.len(), 2, "global: one on each host: {p:?}");
     // Each host's containers run in its own network, with an address from its own subnet.
     for (name, host, _) in &p {
         let net = docker(&["inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}", name]);

@@ -193,6 +193,69 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     assert!(found, "no request logged by a web container within 30 s; saw {seen:?}");
     assert!(!seen.iter().any(|l| l.contains("serves port 80")), "--tail 0 printed old lines: {seen:?}");
 
+    // An in-service upgrade (the template's upgrade_strategy: start_first, batch 1; the web
+    // containers are health-checked) while a client polls the load balancer: not one failed
+    // request, the new greeting served; then a rollback brings the old containers back.
+    let answers2 = dir.path().join("answers2.yml");
+    std::fs::write(&answers2, format!("PUBLIC_PORT: {public}\nLB_PORT: {lb_port}\nGREETING: hi\n")).unwrap();
+    let polling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poller = {
+        let polling = polling.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed, mut said) = (0u32, 0u32, std::collections::BTreeSet::new());
+            while polling.load(std::sync::atomic::Ordering::Relaxed) {
+                match try_http_get(lb_port, "/") {
+                    Some(body) => {
+                        ok += 1;
+                        said.insert(body.split(" from").next().unwrap_or_default().to_string());
+                    }
+                    None => failed += 1,
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (ok, failed, said)
+        })
+    };
+    let catalog = workspace().join("catalog");
+    let template_up = |answers: &Path, flag: &str| {
+        let args = ["up", "-t", "hello", "--catalog", catalog.to_str().unwrap(), "-p", &stack];
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--answers", answers.to_str().unwrap(), flag]);
+        common::deploy(&args, &nats_url)
+    };
+    let web_state = || {
+        let (_, ps, _) = common::deploy(&["ps", &stack], &nats_url);
+        ps.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("web"))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let wait_state = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while web_state() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "web never {want}: {}",
+                common::deploy(&["ps", &stack], &nats_url).1
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    let (code, out, err) = template_up(&answers2, "--upgrade");
+    assert_eq!(code, 0, "{out}{err}");
+    wait_state("upgraded");
+    let (code, out, err) = template_up(&answers2, "--rollback");
+    assert_eq!(code, 0, "{out}{err}");
+    wait_state("active");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    polling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, said) = poller.join().unwrap();
+    eprintln!("upgrade and rollback under polling: {ok} requests answered, {failed} failed");
+    assert_eq!(failed, 0, "requests failed during the upgrade ({ok} answered)");
+    assert!(said.contains("hi") && said.contains("hello"), "{said:?}");
+    assert_eq!(try_http_get(lb_port, "/").map(|b| b.starts_with("hello from")), Some(true));
+
     // Down: nothing of ours runs; the state stays.
     let (code, out, err) = local(&["down", "--stop-timeout", "1s"], &state, &host);
     assert_eq!(code, 0, "{out}\n{err}");
