@@ -112,13 +112,37 @@ struct Running {
     running: bool,
 }
 
+/// What the agent remembers from one pass to the next.
+#[derive(Default)]
+pub struct Memory {
+    /// Containers whose status this agent wrote (it deletes them when they go).
+    reported: std::collections::BTreeSet<String>,
+    /// Containers being stopped in the background (a stop can take the whole stop timeout;
+    /// the pass does not wait for it).
+    stopping: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Containers Docker refused to create or start: when to try again, and the delay so far
+    /// (1 s doubling to 30 s), so that a port taken by another process is not retried in a loop.
+    backoff: HashMap<String, (std::time::Instant, Duration)>,
+}
+
+impl Memory {
+    fn waiting(&self, uuid: &str) -> bool {
+        self.backoff.get(uuid).is_some_and(|(at, _)| std::time::Instant::now() < *at)
+    }
+    fn failed(&mut self, uuid: &str) {
+        let delay = self.backoff.get(uuid).map(|(_, d)| (*d * 2).min(Duration::from_secs(30)));
+        let delay = delay.unwrap_or(Duration::from_secs(1));
+        self.backoff.insert(uuid.to_string(), (std::time::Instant::now() + delay, delay));
+    }
+}
+
 /// Brings Docker in line with the containers assigned to this host, and reports their state.
 pub async fn reconcile(
     docker: &Docker,
     store: &StateStore,
     cache: &StateCache,
     s: &Settings,
-    reported: &mut std::collections::BTreeSet<String>,
+    mem: &mut Memory,
 ) -> Result<(), AgentError> {
     let snap = cache.snapshot();
     let assigned: BTreeMap<String, &std::sync::Arc<Container>> = snap
@@ -143,12 +167,12 @@ pub async fn reconcile(
         }
     }
     // Status records this agent wrote for containers no longer assigned: ours to clean up.
-    let stale: Vec<String> = reported.iter().filter(|u| !assigned.contains_key(*u)).cloned().collect();
+    let stale: Vec<String> = mem.reported.iter().filter(|u| !assigned.contains_key(*u)).cloned().collect();
     for uuid in stale {
         if snap.status(&uuid).is_some() {
             store.delete(&event_bus::Key::new(event_bus::Family::Status, uuid.as_str())?).await?;
         }
-        reported.remove(&uuid);
+        mem.reported.remove(&uuid);
     }
     // Primaries before the sidekicks that join their network.
     let mut to_create: Vec<&std::sync::Arc<Container>> = Vec::new();
@@ -157,18 +181,36 @@ pub async fn reconcile(
     for c in order {
         let status = snap.status(&c.uuid);
         let start_count = status.map(|st| st.start_count).unwrap_or(0);
-        // Stopped by an upgrade: stop it (kept for a rollback) and never start it again.
+        // Stopped by an upgrade: stop it (kept for a rollback) and never start it again. The
+        // stop runs in the background; a later pass reports it stopped.
         if c.desired_state == "stopped" {
             if let Some(r) = ours.get(&c.uuid) {
                 if r.running {
-                    let t = s.stop_timeout.as_secs().max(1) as i32;
-                    let options = bollard::query_parameters::StopContainerOptionsBuilder::new().t(t).build();
-                    docker.stop_container(&r.id, Some(options)).await?;
-                    tracing::info!(container = %c.name, "stopped (upgrade)");
+                    let first = mem.stopping.lock().map(|mut set| set.insert(c.uuid.clone())).unwrap_or(false);
+                    if first {
+                        let (docker, id, uuid, name) = (docker.clone(), r.id.clone(), c.uuid.clone(), c.name.clone());
+                        let stopping = mem.stopping.clone();
+                        let t = s.stop_timeout.as_secs().max(1) as i32;
+                        tokio::spawn(async move {
+                            let options = bollard::query_parameters::StopContainerOptionsBuilder::new().t(t).build();
+                            match docker.stop_container(&id, Some(options)).await {
+                                Ok(()) => tracing::info!(container = %name, "stopped (upgrade)"),
+                                Err(e) => tracing::warn!(container = %name, error = %e, "stop failed; retrying"),
+                            }
+                            if let Ok(mut set) = stopping.lock() {
+                                set.remove(&uuid);
+                            }
+                        });
+                    }
+                    continue;
                 }
                 report(store, &snap, c, &r.id, "stopped", start_count, None, s).await?;
-                reported.insert(c.uuid.clone());
+                mem.reported.insert(c.uuid.clone());
             }
+            continue;
+        }
+        // Docker refused it a moment ago: wait for the backoff before trying again.
+        if mem.waiting(&c.uuid) && !ours.get(&c.uuid).is_some_and(|r| r.running) {
             continue;
         }
         let (id, started) = match ours.get(&c.uuid) {
@@ -179,14 +221,16 @@ pub async fn reconcile(
                 let once = c.labels.get(START_ONCE).is_some_and(|v| v == "true");
                 if once && exit == 0 && start_count > 0 {
                     report(store, &snap, c, &r.id, "stopped", start_count, Some(exit), s).await?;
-                    reported.insert(c.uuid.clone());
+                    mem.reported.insert(c.uuid.clone());
                     continue;
                 }
                 if let Err(e) = docker.start_container(&r.id, None).await {
                     failed(store, &snap, c, &r.id, start_count, &e, s).await?;
-                    reported.insert(c.uuid.clone());
+                    mem.failed(&c.uuid);
+                    mem.reported.insert(c.uuid.clone());
                     continue;
                 }
+                mem.backoff.remove(&c.uuid);
                 tracing::info!(container = %c.name, exit, "started again");
                 (r.id.clone(), true)
             }
@@ -195,7 +239,7 @@ pub async fn reconcile(
             None if status.is_some_and(|st| st.external_id.is_some() && st.state != "removed") => {
                 let id = status.and_then(|st| st.external_id.clone()).unwrap_or_default();
                 report(store, &snap, c, &id, "removed", start_count, None, s).await?;
-                reported.insert(c.uuid.clone());
+                mem.reported.insert(c.uuid.clone());
                 tracing::info!(container = %c.name, "removed from Docker behind our back; reported");
                 continue;
             }
@@ -207,7 +251,7 @@ pub async fn reconcile(
         };
         let count = if started { start_count + 1 } else { start_count.max(1) };
         report(store, &snap, c, &id, "running", count, None, s).await?;
-        reported.insert(c.uuid.clone());
+        mem.reported.insert(c.uuid.clone());
     }
     // New containers, several at a time (Docker takes a while per container, mostly waiting);
     // containers that join another's network after the ones they join.
@@ -215,21 +259,22 @@ pub async fn reconcile(
     let (joiners, first): (Vec<_>, Vec<_>) =
         to_create.into_iter().partition(|c| c.network_from_container_uuid.is_some());
     for wave in [first, joiners] {
-        let results: Vec<(String, Result<(), AgentError>)> = futures::stream::iter(wave)
+        let results: Vec<(String, Result<bool, AgentError>)> = futures::stream::iter(wave)
             .map(|c| {
                 let snap = &snap;
                 async move {
                     let start_count = snap.status(&c.uuid).map(|st| st.start_count).unwrap_or(0);
+                    // Ok(false): Docker refused; the status says why.
                     let outcome = async {
                         let id = match create(docker, snap, c, s).await {
                             Ok(id) => id,
-                            Err(e) => return failed(store, snap, c, "", start_count, &e, s).await,
+                            Err(e) => return failed(store, snap, c, "", start_count, &e, s).await.map(|()| false),
                         };
                         if let Err(e) = docker.start_container(&id, None).await {
-                            return failed(store, snap, c, &id, start_count, &e, s).await;
+                            return failed(store, snap, c, &id, start_count, &e, s).await.map(|()| false);
                         }
                         tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
-                        report(store, snap, c, &id, "running", start_count + 1, None, s).await
+                        report(store, snap, c, &id, "running", start_count + 1, None, s).await.map(|()| true)
                     }
                     .await;
                     (c.uuid.clone(), outcome)
@@ -239,8 +284,14 @@ pub async fn reconcile(
             .collect()
             .await;
         for (uuid, outcome) in results {
-            reported.insert(uuid);
-            outcome?;
+            mem.reported.insert(uuid.clone());
+            match outcome? {
+                true => mem.backoff.remove(&uuid),
+                false => {
+                    mem.failed(&uuid);
+                    None
+                }
+            };
         }
     }
     Ok(())
@@ -573,21 +624,34 @@ async fn stream_logs(bus: event_bus::Bus, docker: Docker, req: LogsRequest, name
     let _ = bus.client.publish_with_headers(req.stream_to.clone(), headers, bytes::Bytes::new()).await;
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs until the process ends: heartbeat and reconcile.
 pub async fn run(docker: Docker, store: StateStore, cache: StateCache, s: Settings) -> Result<(), AgentError> {
     ensure_network(&docker, &s).await?;
-    let mut changes = cache.subscribe();
-    let mut last_beat = std::time::Instant::now() - s.heartbeat;
-    let mut reported = std::collections::BTreeSet::new();
-    loop {
-        if last_beat.elapsed() >= s.heartbeat {
-            match heartbeat(&store, &s).await {
-                Ok(()) => last_beat = std::time::Instant::now(),
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+    // The heartbeat has its own task: a slow Docker call must never make the host look dead.
+    let beat = {
+        let (store, s) = (store.clone(), s.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = heartbeat(&store, &s).await {
+                    tracing::warn!(error = %e, "heartbeat failed; retrying");
+                }
+                tokio::time::sleep(s.heartbeat).await;
             }
-        }
+        })
+    };
+    let _beat = AbortOnDrop(beat);
+    let mut changes = cache.subscribe();
+    let mut mem = Memory::default();
+    loop {
         if cache.is_ready() {
-            if let Err(e) = reconcile(&docker, &store, &cache, &s, &mut reported).await {
+            if let Err(e) = reconcile(&docker, &store, &cache, &s, &mut mem).await {
                 tracing::warn!(error = %e, "reconcile failed; the next pass retries");
             }
         }

@@ -89,10 +89,16 @@ impl Layout {
     pub fn pid_file(&self, name: &str) -> PathBuf {
         self.dir.join("run").join(format!("{name}.pid"))
     }
-    /// The pid of `name` if its pid file names a live process.
+    /// The pid of `name` if its pid file names a live process running the program it recorded
+    /// (a pid the system gave to another program since is not ours to stop).
     pub fn running(&self, name: &str) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.pid_file(name)).ok()?.trim().parse().ok()?;
-        alive(pid).then_some(pid)
+        let text = std::fs::read_to_string(self.pid_file(name)).ok()?;
+        let mut lines = text.lines();
+        let pid: u32 = lines.next()?.trim().parse().ok()?;
+        let program = lines.next().unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        (alive(pid) && (program.is_empty() || argv0 == program.as_bytes())).then_some(pid)
     }
     /// Names with a pid file, in start order (as recorded in `run/order`).
     pub fn started(&self) -> Vec<String> {
@@ -103,8 +109,8 @@ impl Layout {
             .map(str::to_string)
             .collect()
     }
-    fn record(&self, name: &str, pid: u32) -> std::io::Result<()> {
-        std::fs::write(self.pid_file(name), format!("{pid}\n"))?;
+    fn record(&self, name: &str, pid: u32, program: &Path) -> std::io::Result<()> {
+        std::fs::write(self.pid_file(name), format!("{pid}\n{}\n", program.display()))?;
         let mut order = self.started();
         if !order.iter().any(|n| n == name) {
             order.push(name.to_string());
@@ -144,7 +150,7 @@ pub fn spawn(layout: &Layout, name: &str, program: &Path, args: &[String]) -> st
         .process_group(0)
         .spawn()
         .map_err(|e| std::io::Error::new(e.kind(), format!("starting {}: {e}", program.display())))?;
-    layout.record(name, child.id())?;
+    layout.record(name, child.id(), program)?;
     Ok((child.id(), true))
 }
 
@@ -418,7 +424,12 @@ pub async fn up(
             sv.lb_image
         );
     }
-    let applied = crate::apply::run(&store, &history, &stack, Some(d), Scale::Keep, "local up", false).await?;
+    // As `deploy up`: a changed launch config is said, a service being upgraded is not changed.
+    let current = crate::plan::current(&store, &stack).await?;
+    let mut d = d.clone();
+    let (_, notes) = crate::upgrade::prepare(&current, &mut d.services, None).map_err(anyhow::Error::msg)?;
+    notes.iter().for_each(|n| println!("{n}"));
+    let applied = crate::apply::run(&store, &history, &stack, Some(&d), Scale::Exact, "local up", false).await?;
     print!("\n{}", applied.plan);
     if let Some(rev) = applied.revision {
         println!("applied as revision {rev}");

@@ -641,32 +641,17 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
                 return finish_upgrade(&store, &history, &bus, &stack, *rollback, *dry_run).await;
             }
             let mut d = d.clone();
-            let mut upgraded = Vec::new();
-            for s in d.services.iter_mut() {
-                let Some(old) = current.get(&s.name) else { continue };
-                plan::keep_unexpressed(old, s);
-                let changed = deploy::upgrade::version(old) != deploy::upgrade::version(s);
-                if changed && old.state == "upgrading" {
-                    eprintln!(
-                        "service {} is being upgraded (state {}): finish with --confirm-upgrade or --rollback before changing it again",
-                        s.name, old.state
-                    );
+            let how = upgrade.then_some((*batch_size, *interval));
+            let upgraded = match deploy::upgrade::prepare(&current, &mut d.services, how) {
+                Ok((upgraded, notes)) => {
+                    notes.iter().for_each(|n| eprintln!("{n}"));
+                    upgraded
+                }
+                Err(e) => {
+                    eprintln!("{e}");
                     return Ok(ExitCode::from(2));
                 }
-                if *upgrade {
-                    if let Err(e) = deploy::upgrade::begin(old, s, *batch_size, *interval)
-                        .map(|b| b.then(|| upgraded.push(s.name.clone())))
-                    {
-                        eprintln!("{e}");
-                        return Ok(ExitCode::from(2));
-                    }
-                } else if changed {
-                    println!(
-                        "note: the launch config of {} changed; its running containers keep the old one until `deploy up --upgrade` (new containers use the new one)",
-                        s.name
-                    );
-                }
-            }
+            };
             let command = if *upgrade { "up --upgrade" } else { "up" };
             report(apply::run(&store, &history, &stack, Some(&d), Scale::Exact, command, *dry_run).await?);
             if !upgraded.is_empty() && !*dry_run {
@@ -787,7 +772,12 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
         Command::Ps { stack, output } => {
             let metrics = event_bus::runtime::metrics::Metrics::new();
             let cache = event_bus::StateCache::start(&bus, &metrics).await?;
-            let rows = ps::rows(&cache.snapshot(), stack.as_deref());
+            let snap = cache.snapshot();
+            if let Some(name) = stack.as_deref().filter(|n| !snap.stacks().any(|s| s.name == *n)) {
+                eprintln!("no stack {name:?}");
+                return Ok(ExitCode::from(2));
+            }
+            let rows = ps::rows(&snap, stack.as_deref());
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
                 Output::Table => print!("{}", ps::table(&rows)),
@@ -856,16 +846,12 @@ async fn finish_upgrade(
         if s.state != "upgrading" {
             continue;
         }
-        if !rollback {
-            let version = deploy::upgrade::version(s);
-            let old = snap
-                .containers_of_service(&s.uuid)
-                .filter(|c| c.desired_state != "stopped" && deploy::upgrade::stale(c, &version))
-                .count();
-            if old > 0 {
-                eprintln!("service {}: {old} old container(s) still run; wait for the upgrade to finish (deploy ps {stack}) or --rollback", s.name);
-                return Ok(ExitCode::from(2));
-            }
+        if !rollback && !deploy::upgrade::done(&snap, s) {
+            eprintln!(
+                "service {}: the upgrade is not done (old containers still run, or new ones do not run or are not healthy yet); wait (deploy ps {stack}) or --rollback",
+                s.name
+            );
+            return Ok(ExitCode::from(2));
         }
         let done = if rollback { deploy::upgrade::rollback(s) } else { deploy::upgrade::confirm(s) };
         if done {

@@ -47,13 +47,10 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
         services.sort_by(|a, b| a.name.cmp(&b.name));
         for svc in services {
             let mut containers: Vec<_> = snap.containers_of_service(&svc.uuid).collect();
-            // An upgrade is done when no container of an older version runs (crate::upgrade).
-            let version = crate::upgrade::version(svc);
-            let old_running =
-                containers.iter().any(|c| c.desired_state != "stopped" && crate::upgrade::stale(c, &version));
+            // As observed (crate::upgrade::done): no old container runs, the new ones run.
             let state = match svc.state.as_str() {
-                "upgrading" if !old_running => "upgraded".to_string(),
-                "rolling-back" if !old_running => "active".to_string(),
+                "upgrading" if crate::upgrade::done(snap, svc) => "upgraded".to_string(),
+                "rolling-back" if crate::upgrade::done(snap, svc) => "active".to_string(),
                 other => other.to_string(),
             };
             containers.sort_by(|a, b| (a.create_index, &a.name).cmp(&(b.create_index, &b.name)));

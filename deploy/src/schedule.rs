@@ -362,25 +362,34 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
                 (false, _) => running.push((host, members)),
                 // An old unit an upgrade stopped: kept until confirmed or rolled back.
                 (true, true) if stale && !rolling_back => {}
+                // Rolling back, a new unit leaves as old ones did: stopped first (load balancers
+                // drop a unit that is to stop at once; the agent gives it its stop timeout),
+                // removed once the agent reports it stopped.
+                (true, true) if stale => {
+                    if snap.status(&primary.uuid).is_none_or(|st| st.state != "running") {
+                        out.remove.extend(members.iter().map(|c| c.uuid.clone()));
+                    }
+                }
                 // Of the version rolled back to: started again as room opens.
                 (true, true) if !stale => revivable.push_back((host, members)),
                 // Confirmed (or rolled back past): stopped units go.
                 _ => out.remove.extend(members.iter().map(|c| c.uuid.clone())),
             }
         }
-        // An old unit leaves: stopped (kept for a rollback), or when rolling back removed.
+        // A unit leaves by being stopped (kept for a rollback; when rolling back, removed once
+        // stopped).
         let retire = |members: &[&Arc<Container>], out: &mut Placement| {
             for c in members {
-                if rolling_back {
-                    out.remove.push(c.uuid.clone());
-                } else {
-                    let mut stopped = (***c).clone();
-                    stopped.desired_state = "stopped".into();
-                    out.update.push(stopped);
-                }
+                let mut stopped = (***c).clone();
+                stopped.desired_state = "stopped".into();
+                out.update.push(stopped);
             }
         };
         if upgrading {
+            // A unit of the batch that went (replaced, recreated by the health decision) is
+            // not waited for.
+            batch.started.retain(|u| snap.container(u).is_some() && !out.remove.contains(u));
+            batch.stop.retain(|u| snap.container(u).is_some() && !out.remove.contains(u));
             // A unit is ready when it runs and, if it is health-checked, is healthy (as Rancher's
             // upgrade waited for): only then does the next step stop more old units.
             let ready = |u: &String| {

@@ -68,15 +68,83 @@ pub fn version(svc: &Service) -> String {
     format!("{h:016x}")
 }
 
-/// The version a container was made from (`None`: made before versions existed; counts as
-/// current).
+/// The version a container was made from (`None`: made before versions existed).
 pub fn of_container(c: &Container) -> Option<&str> {
     c.extra.get(VERSION).and_then(|v| v.as_str())
 }
 
-/// Whether a container was made from another launch config than the service's now.
+/// Whether a container was made from another launch config than the service's now (one made
+/// before versions existed is, so an upgrade replaces it too).
 pub fn stale(c: &Container, current: &str) -> bool {
-    of_container(c).is_some_and(|v| v != current)
+    of_container(c) != Some(current)
+}
+
+/// Whether the upgrade (or rollback) of `svc` is done as observed: no container of another
+/// version runs or is wanted running, and as many units of the current version as the scale
+/// asks (one, for a global service) run, and are healthy where they are health-checked.
+pub fn done(snap: &event_bus::Snapshot, svc: &Service) -> bool {
+    let version = version(svc);
+    let running = |c: &Container| snap.status(&c.uuid).is_some_and(|st| st.state == "running");
+    let mut ready = 0;
+    for c in snap.containers_of_service(&svc.uuid) {
+        if stale(c, &version) {
+            if c.desired_state != "stopped" || running(c) {
+                return false;
+            }
+        } else if c.launch_config_name.is_none()
+            && c.desired_state != "stopped"
+            && running(c)
+            && (c.health_check.is_none() || snap.health(&c.uuid).is_some_and(|h| h.health_state == "healthy"))
+        {
+            ready += 1;
+        }
+    }
+    let global = svc.launch_config.labels.get(crate::schedule::GLOBAL).is_some_and(|v| v == "true");
+    ready >= if global { 1 } else { svc.scale.unwrap_or(1) as usize }
+}
+
+/// What `up` does to the services that exist, before planning (shared by `deploy up` and
+/// `deploy local up`): keeps what the files cannot express, then with `upgrade` (batch size,
+/// interval) begins an upgrade of each service whose launch config changed; without it, says
+/// that running containers keep the old config. A service being upgraded cannot be changed; one
+/// that was rolled back becomes `active` again when it changes. Returns the upgraded services'
+/// names and the notes to print, or what refuses the change.
+pub fn prepare(
+    current: &std::collections::BTreeMap<String, Service>,
+    services: &mut [Service],
+    upgrade: Option<(Option<u32>, Option<u64>)>,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let (mut upgraded, mut notes) = (Vec::new(), Vec::new());
+    for s in services.iter_mut() {
+        let Some(old) = current.get(&s.name) else { continue };
+        crate::plan::keep_unexpressed(old, s);
+        if version(old) == version(s) {
+            continue;
+        }
+        if old.state == "upgrading" {
+            return Err(format!(
+                "service {} is being upgraded: finish with --confirm-upgrade or --rollback before changing it again",
+                s.name
+            ));
+        }
+        match upgrade {
+            Some((batch_size, interval)) => {
+                begin(old, s, batch_size, interval)?;
+                upgraded.push(s.name.clone());
+            }
+            None => {
+                if s.state == "rolling-back" {
+                    s.state = "active".into();
+                    s.extra.remove(UPGRADE);
+                }
+                notes.push(format!(
+                    "note: the launch config of {} changed; its running containers keep the old one until `deploy up --upgrade` (new containers use the new one)",
+                    s.name
+                ));
+            }
+        }
+    }
+    Ok((upgraded, notes))
 }
 
 /// `deploy up --upgrade`: `new` replaces `old` in batches. The state and the previous launch

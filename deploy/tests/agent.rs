@@ -293,13 +293,16 @@ async fn upgrades_in_batches_roll_back_and_confirm() {
     for n in 4..=6 {
         assert_eq!(page(&format!("{stack}-web-{n}")), "v2");
     }
+    // `upgraded` once Docker has stopped the old ones too (stops run in the background).
+    until(Duration::from_secs(30), "ps says upgraded", || async {
+        deploy(&["ps", &stack], &env.url).1.contains("upgraded")
+    })
+    .await;
     assert_eq!(
         docker(&["inspect", "-f", "{{.State.Running}}", &format!("{stack}-web-1")]),
         "false",
         "old ones stopped, kept"
     );
-    let (_, ps, _) = deploy(&["ps", &stack], &env.url);
-    assert!(ps.contains("upgraded"), "{ps}");
 
     // Rollback: the old three run again (same containers, v1), the new ones are gone.
     let (code, out, err) = up(&["--rollback"]);

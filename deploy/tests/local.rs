@@ -256,6 +256,28 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     assert!(said.contains("hi") && said.contains("hello"), "{said:?}");
     assert_eq!(try_http_get(lb_port, "/").map(|b| b.starts_with("hello from")), Some(true));
 
+    // A web container stops serving its page: healthcheck (HAProxy) reports it down, the
+    // controller marks it unhealthy, it leaves DNS and the load balancer, and `strategy:
+    // recreate` replaces it with a new container (a new create index) that becomes healthy.
+    let web1 = format!("{stack}-web-1");
+    docker(&["exec", &web1, "busybox", "rm", "/www/index.html"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let replaced = loop {
+        let (_, ps, _) = common::deploy(&["ps", &stack], &nats_url);
+        let webs: Vec<&str> = ps.lines().filter(|l| l.trim_start().starts_with(&format!("{stack}-web-"))).collect();
+        if !ps.contains(&web1)
+            && webs.len() == 2
+            && webs.iter().all(|l| l.contains("running") && l.ends_with("healthy"))
+        {
+            break webs.iter().map(|l| l.split_whitespace().next().unwrap_or_default().to_string()).collect::<Vec<_>>();
+        }
+        assert!(std::time::Instant::now() < deadline, "{web1} not replaced by a healthy container:\n{ps}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let new_web = replaced.iter().find(|n| **n != format!("{stack}-web-2")).cloned().expect("a new web container");
+    assert!(new_web.as_str() > format!("{stack}-web-4").as_str(), "a new index: {replaced:?}");
+    assert_eq!(try_http_get(lb_port, "/").map(|b| b.contains("from")), Some(true));
+
     // Down: nothing of ours runs; the state stays.
     let (code, out, err) = local(&["down", "--stop-timeout", "1s"], &state, &host);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -272,7 +294,7 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     let names = docker(&["ps", "--format", "{{.Names}}", "--filter", &format!("label=io.corral.agent.host={host}")]);
     let mut names: Vec<&str> = names.lines().collect();
     names.sort();
-    assert_eq!(names, [front.as_str(), &format!("{stack}-lb-1"), &format!("{stack}-web-1"), &format!("{stack}-web-2")]);
+    assert_eq!(names, [front.as_str(), &format!("{stack}-lb-1"), &format!("{stack}-web-2"), new_web.as_str()]);
     assert!(http_get(public, "/").contains("front page"));
 }
 

@@ -301,8 +301,9 @@ async fn up_plans_applies_is_idempotent_and_writes_nothing_for_broken_files() {
 
     // A changed file: --dry-run shows exactly the changed fields and writes nothing.
     std::fs::write(f, "web:\n  image: nginx:1.27\n  ports: [\"80\"]\n").unwrap();
-    let (_, out, _) = deploy(&["up", "-f", f, "-p", "app", "--dry-run"], &nats.url());
+    let (_, out, err) = deploy(&["up", "-f", f, "-p", "app", "--dry-run"], &nats.url());
     assert_eq!(out, "stack app\n  ~ service web (update)\n      launch_config.image: \"nginx:1.25\" -> \"nginx:1.27\"\n  - service db (delete)\n");
+    assert!(err.contains("the launch config of web changed; its running containers keep the old one"), "{err}");
     assert_eq!(store.version().await.unwrap(), v);
     let (_, out, _) = deploy(&["up", "-f", f, "-p", "app"], &nats.url());
     assert!(out.ends_with("applied as revision 2\n"), "{out}");
