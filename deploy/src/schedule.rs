@@ -387,8 +387,10 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
         };
         if upgrading {
             // A unit of the batch that went (replaced, recreated by the health decision) is
-            // not waited for.
+            // not waited for; its replacement, made in this pass, joins the batch instead.
+            let before = batch.started.len();
             batch.started.retain(|u| snap.container(u).is_some() && !out.remove.contains(u));
+            let lost = batch.started.len() != before;
             batch.stop.retain(|u| snap.container(u).is_some() && !out.remove.contains(u));
             // A unit is ready when it runs and, if it is health-checked, is healthy (as Rancher's
             // upgrade waited for): only then does the next step stop more old units.
@@ -398,7 +400,7 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
                         c.health_check.is_none() || snap.health(u).is_some_and(|h| h.health_state == "healthy")
                     })
             };
-            let started_run = batch.started.iter().all(ready);
+            let started_run = !lost && batch.started.iter().all(ready);
             let old: Vec<String> = running
                 .iter()
                 .map(|(_, m)| m[0])

@@ -398,6 +398,36 @@ fn upgrade_in_batches_then_confirm() {
     assert!(counters.batches.is_empty());
 }
 
+/// A unit of the current batch that goes (recreated by the health decision, which deletes its
+/// record) is not waited for: the upgrade goes on with its replacement.
+#[test]
+fn a_batch_does_not_wait_for_a_unit_that_went() {
+    let mut old = service("s-web", "web", 2, &[]);
+    old.launch_config.image = "busybox:1".into();
+    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![old.clone()]);
+    let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
+    let p = place(&snap, &hosts, &Counters::default(), 0);
+    apply(&mut snap, &p);
+    agents_run(&mut snap);
+    let mut new = old.clone();
+    new.launch_config.image = "busybox:2".into();
+    deploy::upgrade::begin(&old, &mut new, Some(1), Some(0)).unwrap();
+    set_service(&mut snap, &new);
+    let p = place(&snap, &hosts, &p.counters, 1);
+    apply(&mut snap, &p);
+    let started = p.create[0].uuid.clone();
+    assert_eq!(p.counters.batches["s-web"].started, [started.clone()]);
+    // The new unit never runs; the health decision deletes it.
+    snap.apply(&Key::new(event_bus::Family::Container, &started).unwrap(), None);
+    let p2 = place(&snap, &hosts, &p.counters, 2);
+    assert_eq!(p2.create.len(), 1, "a replacement for the unit that went");
+    assert!(p2.update.is_empty(), "no new batch before the replacement runs: {p2:?}");
+    apply(&mut snap, &p2);
+    agents_run(&mut snap);
+    let p3 = place(&snap, &hosts, &p2.counters, 3);
+    assert_eq!(p3.update.len(), 1, "the next batch goes on: {p3:?}");
+}
+
 /// start_first: the new unit runs before the old one stops; a rollback then starts the old
 /// units again and removes the new ones, in the same batches.
 #[test]
