@@ -333,16 +333,13 @@ fn set_service(snap: &mut Snapshot, svc: &Service) {
     snap.apply(&Key::new(r.family(), r.id()).unwrap(), Some(r));
 }
 
-/// `up --upgrade`, batch 1, stop first: each batch stops one old unit and starts one new one,
-/// waits for it to run and for the interval; old units stay stopped until confirmed, then go.
-#[test]
-fn upgrade_in_batches_then_confirm() {
-    let mut old = service("s-web", "web", 3, &[]);
-    old.launch_config.image = "busybox:1".into();
-    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![old.clone()]);
+/// `svc` placed on one host and running; and a step: one controller pass at a time (ms), its
+/// writes applied, the book carried to the next pass.
+fn running_on_one_host(svc: &Service) -> (Snapshot, impl FnMut(&mut Snapshot, u64) -> Placement) {
+    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![svc.clone()]);
     let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
     let mut counters = Counters::default();
-    let mut step = |snap: &mut Snapshot, now: u64| {
+    let mut step = move |snap: &mut Snapshot, now: u64| {
         let p = place(snap, &hosts, &counters, now);
         apply(snap, &p);
         counters = p.counters.clone();
@@ -350,6 +347,16 @@ fn upgrade_in_batches_then_confirm() {
     };
     step(&mut snap, 0);
     agents_run(&mut snap);
+    (snap, step)
+}
+
+/// `up --upgrade`, batch 1, stop first: each batch stops one old unit and starts one new one,
+/// waits for it to run and for the interval; old units stay stopped until confirmed, then go.
+#[test]
+fn upgrade_in_batches_then_confirm() {
+    let mut old = service("s-web", "web", 3, &[]);
+    old.launch_config.image = "busybox:1".into();
+    let (mut snap, mut step) = running_on_one_host(&old);
     let mut new = old.clone();
     new.launch_config.image = "busybox:2".into();
     assert!(deploy::upgrade::begin(&old, &mut new, Some(1), Some(1000)).unwrap());
@@ -395,7 +402,7 @@ fn upgrade_in_batches_then_confirm() {
     let mut removed = p.remove.clone();
     removed.sort();
     assert_eq!(removed, ["c1", "c2", "c3"]);
-    assert!(counters.batches.is_empty());
+    assert!(p.counters.batches.is_empty());
 }
 
 /// A unit of the current batch that goes (recreated by the health decision, which deletes its
@@ -438,17 +445,7 @@ fn start_first_then_rollback() {
         "upgrade_strategy".into(),
         serde_json::json!({"start_first": true, "batch_size": 1, "interval_millis": 0}),
     );
-    let mut snap = snapshot(vec![host("h1", "host-1", 1, &[])], vec![old.clone()]);
-    let hosts: Vec<Arc<Host>> = snap.hosts().cloned().collect();
-    let mut counters = Counters::default();
-    let mut step = |snap: &mut Snapshot, now: u64| {
-        let p = place(snap, &hosts, &counters, now);
-        apply(snap, &p);
-        counters = p.counters.clone();
-        p
-    };
-    step(&mut snap, 0);
-    agents_run(&mut snap);
+    let (mut snap, mut step) = running_on_one_host(&old);
     let mut new = old.clone();
     new.launch_config.image = "busybox:2".into();
     deploy::upgrade::begin(&old, &mut new, None, None).unwrap();
