@@ -47,6 +47,26 @@ pub const REINITIALIZING: &str = "reinitializing";
 pub const HEALTHY: &str = "healthy";
 pub const UNHEALTHY: &str = "unhealthy";
 
+/// Rancher's states for the containers of a service being upgraded: what is written while the
+/// service is `upgrading` or `rolling-back` (rancher-dns and lb-haproxy count
+/// `updating-healthy` as healthy). The vote works on the plain states.
+pub const UPDATING_HEALTHY: &str = "updating-healthy";
+pub const UPDATING_UNHEALTHY: &str = "updating-unhealthy";
+
+/// The plain state behind a written one (`updating-healthy` → `healthy`).
+pub fn plain(state: &str) -> &str {
+    match state {
+        UPDATING_HEALTHY => HEALTHY,
+        UPDATING_UNHEALTHY => UNHEALTHY,
+        s => s,
+    }
+}
+
+/// Whether a written state counts as healthy.
+pub fn is_healthy(state: &str) -> bool {
+    plain(state) == HEALTHY
+}
+
 /// `deploy controller` flags for health decisions.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HealthArgs {
@@ -175,7 +195,7 @@ pub fn next_health(prev: Option<&ContainerHealth>, i: &Inputs) -> ContainerHealt
     let (mut state, mut updated, mut reason) = match prev {
         None => (INITIALIZING.to_string(), i.now_ms, "new container".to_string()),
         Some(p) => (
-            p.health_state.clone(),
+            plain(&p.health_state).to_string(),
             updated_ms(p).unwrap_or(i.now_ms),
             p.extra.get("reason").and_then(|v| v.as_str()).unwrap_or("").to_string(),
         ),
@@ -577,6 +597,17 @@ async fn pass(
     }
     if !*active.borrow() {
         return Ok(());
+    }
+    // Containers of a service being upgraded show Rancher's `updating-*` states.
+    for (uuid, h) in next.iter_mut() {
+        let svc = snap.container(uuid).and_then(|c| snap.service(c.service_uuid.as_deref()?));
+        if svc.is_some_and(|svc| crate::upgrade::in_progress(svc)) {
+            match h.health_state.as_str() {
+                HEALTHY => h.health_state = UPDATING_HEALTHY.into(),
+                UNHEALTHY => h.health_state = UPDATING_UNHEALTHY.into(),
+                _ => {}
+            }
+        }
     }
     for (uuid, h) in &next {
         let prev = snap.health(uuid).map(|p| p.as_ref());

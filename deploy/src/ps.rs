@@ -98,7 +98,9 @@ pub fn settled(rows: &[ServiceRow]) -> bool {
         let enough = if r.global { primaries >= 1 } else { primaries >= r.scale.unwrap_or(1) as usize };
         r.unplaceable.is_none()
             && enough
-            && wanted.iter().all(|c| c.state == "running" && matches!(c.health.as_str(), "" | "healthy"))
+            && wanted
+                .iter()
+                .all(|c| c.state == "running" && (c.health.is_empty() || crate::health::is_healthy(&c.health)))
     })
 }
 

@@ -397,7 +397,8 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
             let ready = |u: &String| {
                 snap.status(u).is_some_and(|st| st.state == "running")
                     && snap.container(u).is_none_or(|c| {
-                        c.health_check.is_none() || snap.health(u).is_some_and(|h| h.health_state == "healthy")
+                        c.health_check.is_none()
+                            || snap.health(u).is_some_and(|h| crate::health::is_healthy(&h.health_state))
                     })
             };
             let started_run = !lost && batch.started.iter().all(ready);

@@ -94,7 +94,8 @@ pub fn done(snap: &event_bus::Snapshot, svc: &Service) -> bool {
         } else if c.launch_config_name.is_none()
             && c.desired_state != "stopped"
             && running(c)
-            && (c.health_check.is_none() || snap.health(&c.uuid).is_some_and(|h| h.health_state == "healthy"))
+            && (c.health_check.is_none()
+                || snap.health(&c.uuid).is_some_and(|h| crate::health::is_healthy(&h.health_state)))
         {
             ready += 1;
         }

@@ -244,6 +244,12 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     };
     let (code, out, err) = template_up(&answers2, "--upgrade");
     assert_eq!(code, 0, "{out}{err}");
+    // Rancher's health states while a service is upgraded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !common::deploy(&["ps", &stack], &nats_url).1.contains("updating-healthy") {
+        assert!(std::time::Instant::now() < deadline, "no updating-healthy container during the upgrade");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     wait_state("upgraded");
     let (code, out, err) = template_up(&answers2, "--rollback");
     assert_eq!(code, 0, "{out}{err}");
