@@ -562,7 +562,8 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
                 break;
             };
             // Indexes are only taken for a unit that is placed whole.
-            let before = out.counters.clone();
+            // (unit_on moves only these two; saving them, not the whole book, keeps a pass fast.)
+            let before = (out.counters.next_create_index, out.counters.next_service_index.get(&svc.uuid).copied());
             let mut wish = requested_ips.clone();
             wish.extend(retained.iter().filter(|(rh, _)| *rh == host.uuid).map(|(_, ip)| *ip));
             let what = What { svc, stack, lcs: &lcs, requested_ips: &wish, version: &version };
@@ -594,7 +595,11 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
                     out.create.extend(unit);
                 }
                 Err(reason) => {
-                    out.counters = before;
+                    out.counters.next_create_index = before.0;
+                    match before.1 {
+                        Some(n) => out.counters.next_service_index.insert(svc.uuid.clone(), n),
+                        None => out.counters.next_service_index.remove(&svc.uuid),
+                    };
                     out.unplaceable.insert(svc.uuid.clone(), reason);
                     break;
                 }
