@@ -100,3 +100,42 @@ async fn sni_passthrough_and_certificate_rotation() {
         assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{f:?}");
     }
 }
+
+/// TLS to backends (rancher/rancher#7576, #8655), asked for the way Rancher's raw config
+/// allowed: `server $IP ssl verify none` in the backend's section. Both the servers in the file
+/// and one added later through the runtime API speak TLS to their backend; without the line,
+/// HAProxy would speak plain HTTP to a TLS server and answer 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_backends_through_the_raw_config() {
+    let st = State::start().await;
+    let port = free_port();
+    let cert = rcgen::generate_simple_self_signed(vec!["backend.internal".into()]).unwrap();
+    st.service("secure").await;
+    tls_backend(common::addr("127.0.9.3", port), "secure-1", &cert);
+    st.container("secure", 1, "127.0.9.3").await;
+    let front = free_port();
+    st.lb(json!({
+        "port_rules": [
+            {"source_port": front, "target_port": port, "service": "secure", "backend_name": "secure"},
+        ],
+        "config": "backend secure\n  server $IP ssl verify none\n",
+    }))
+    .await;
+    let lb = Lb::start(&st.nats.url());
+    lb.wait_ready();
+    assert_eq!(common::aget(front, "x", "/").await, (200, "secure-1".to_string()));
+
+    // A second target, added without a reload: the runtime API gets the same params.
+    tls_backend(common::addr("127.0.9.4", port), "secure-2", &cert);
+    st.container("secure", 2, "127.0.9.4").await;
+    let mut seen = std::collections::BTreeSet::new();
+    wait_async("both TLS backends answer", Duration::from_secs(30), || {
+        let (status, body) = common::get(front, "x", "/");
+        if status == 200 {
+            seen.insert(body);
+        }
+        seen.len() == 2
+    })
+    .await;
+    assert_eq!(lb.reloads(), 0.0, "membership changed through the runtime API");
+}
