@@ -631,7 +631,12 @@ async fn run(cli: &Cli, desired: Option<&stackfile::Desired>) -> anyhow::Result<
                 _ = deploy::controller::run(store.clone(), cache.clone(), settings, active_tx) => {}
                 _ = event_bus::runtime::shutdown::signal() => tracing::info!("controller stopping"),
             }
-            deploy::controller::release(&store, &holder).await;
+            // Giving the lease up is a courtesy to the standby; with NATS gone it must not
+            // keep the process from exiting.
+            let release = deploy::controller::release(&store, &holder);
+            if tokio::time::timeout(std::time::Duration::from_secs(2), release).await.is_err() {
+                tracing::warn!("could not give the lease up (NATS unreachable); it lapses by itself");
+            }
         }
         Command::Up { dry_run, upgrade, batch_size, interval, confirm_upgrade, rollback, .. } => {
             let d = desired.expect("loaded above");
