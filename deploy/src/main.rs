@@ -446,7 +446,11 @@ fn main() -> ExitCode {
         // SAFETY: restores the default disposition of one signal before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let _telemetry = telemetry::init("deploy", cli.common.log_format, cli.common.log.as_deref().unwrap_or("warn"));
+    // The long-running commands log what they do (`info`), as every component does; one-shot
+    // commands only warnings.
+    let long_running = matches!(cli.command, Command::Controller { .. } | Command::Agent { .. });
+    let default_log = if long_running { "info" } else { "warn" };
+    let _telemetry = telemetry::init("deploy", cli.common.log_format, cli.common.log.as_deref().unwrap_or(default_log));
     // Stack files are checked before NATS is contacted: a broken file reads the same offline.
     let desired = match &cli.command {
         Command::Local { command: LocalCommand::Up(LocalUp { target: Some(target), .. }) } => {
