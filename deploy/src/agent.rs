@@ -61,38 +61,44 @@ pub enum AgentError {
 }
 
 /// The gateway of a subnet (`.1`), which the bridge takes.
-fn gateway(subnet: &str) -> Result<String, AgentError> {
-    let (ip, _) = subnet
-        .split_once('/')
-        .ok_or_else(|| AgentError::Config(format!("--subnet {subnet:?}: expected a.b.c.d/len")))?;
-    let ip: std::net::Ipv4Addr =
-        ip.parse().map_err(|_| AgentError::Config(format!("--subnet {subnet:?}: expected a.b.c.d/len")))?;
-    Ok(std::net::Ipv4Addr::from(u32::from(ip) + 1).to_string())
+pub fn gateway(subnet: &str) -> Option<std::net::Ipv4Addr> {
+    let (ip, len) = subnet.split_once('/')?;
+    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| (8..=30).contains(l))?;
+    let network = u32::from(ip) & (u32::MAX << (32 - len));
+    Some(std::net::Ipv4Addr::from(network + 1))
 }
 
 /// Creates the host's bridge network unless it exists.
 pub async fn ensure_network(docker: &Docker, s: &Settings) -> Result<(), AgentError> {
-    if docker.inspect_network(&s.network, None).await.is_ok() {
+    create_network(docker, &s.host_uuid, &s.network, &s.subnet).await
+}
+
+/// Creates `network` on `subnet` (gateway `.1`), owned by `host_uuid`, unless it exists.
+pub async fn create_network(docker: &Docker, host_uuid: &str, network: &str, subnet: &str) -> Result<(), AgentError> {
+    if docker.inspect_network(network, None).await.is_ok() {
         return Ok(());
     }
-    let gw = gateway(&s.subnet)?;
+    let gw = gateway(subnet)
+        .ok_or_else(|| AgentError::Config(format!("--subnet {subnet:?}: expected an IPv4 subnet a.b.c.d/8-30")))?
+        .to_string();
     docker
         .create_network(NetworkCreateRequest {
-            name: s.network.clone(),
+            name: network.to_string(),
             driver: Some("bridge".into()),
             ipam: Some(Ipam {
                 config: Some(vec![IpamConfig {
-                    subnet: Some(s.subnet.clone()),
+                    subnet: Some(subnet.to_string()),
                     gateway: Some(gw),
                     ..Default::default()
                 }]),
                 ..Default::default()
             }),
-            labels: Some(HashMap::from([(OWNER.to_string(), s.host_uuid.clone())])),
+            labels: Some(HashMap::from([(OWNER.to_string(), host_uuid.to_string())])),
             ..Default::default()
         })
         .await?;
-    tracing::info!(network = %s.network, subnet = %s.subnet, "created the host's network");
+    tracing::info!(network = %network, subnet = %subnet, "created the host's network");
     Ok(())
 }
 

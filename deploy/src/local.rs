@@ -219,15 +219,6 @@ pub fn sibling(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
-/// The gateway (`.1`) of an IPv4 subnet `a.b.c.d/len`.
-pub fn gateway(subnet: &str) -> Option<std::net::Ipv4Addr> {
-    let (ip, len) = subnet.split_once('/')?;
-    let ip: std::net::Ipv4Addr = ip.parse().ok()?;
-    let len: u32 = len.parse().ok().filter(|l| (8..=30).contains(l))?;
-    let network = u32::from(ip) & (u32::MAX << (32 - len));
-    Some(std::net::Ipv4Addr::from(network + 1))
-}
-
 fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -295,7 +286,7 @@ pub async fn up(
     desired: Option<&Desired>,
 ) -> anyhow::Result<ExitCode> {
     let layout = Layout::new(&m.state_dir).with_context(|| format!("creating {}", m.state_dir.display()))?;
-    let gw = gateway(&sv.subnet)
+    let gw = agent::gateway(&sv.subnet)
         .ok_or_else(|| anyhow!("--subnet {:?}: expected an IPv4 subnet such as 10.42.0.0/24", sv.subnet))?;
     let docker = Docker::connect_with_local_defaults().context("Docker")?;
     docker
@@ -312,21 +303,8 @@ pub async fn up(
     let store = event_bus::provision(&bus, &event_bus::Provision::default()).await?;
     let history = History::open(&bus).await?;
 
-    let settings = agent::Settings {
-        host_uuid: m.host_uuid.clone(),
-        host_name: host_name(),
-        agent_ip: "127.0.0.1".into(),
-        labels: Default::default(),
-        subnet: sv.subnet.clone(),
-        network: m.network(),
-        heartbeat: Duration::from_secs(5),
-        dns: vec![gw.to_string()],
-        stop_timeout: Duration::from_secs(10),
-        lb_image: String::new(),
-        nats_url: String::new(),
-        env: String::new(),
-    };
-    agent::ensure_network(&docker, &settings).await?;
+    let (host_name, network) = (host_name(), m.network());
+    agent::create_network(&docker, &m.host_uuid, &network, &sv.subnet).await?;
 
     let admin = |i: u16| match sv.admin_base_port {
         0 => "127.0.0.1:0".to_string(),
@@ -355,11 +333,11 @@ pub async fn up(
                 "--host-uuid",
                 &m.host_uuid,
                 "--host-name",
-                &settings.host_name,
+                &host_name,
                 "--subnet",
                 &sv.subnet,
                 "--network",
-                &settings.network,
+                &network,
                 "--container-dns",
                 &gw.to_string(),
                 "--lb-image",
@@ -606,6 +584,7 @@ mod tests {
 
     #[test]
     fn gateways() {
+        use crate::agent::gateway;
         assert_eq!(gateway("10.42.0.0/24"), Some("10.42.0.1".parse().unwrap()));
         assert_eq!(gateway("10.42.7.9/24"), Some("10.42.7.1".parse().unwrap()));
         assert_eq!(gateway("10.42.0.0/33"), None);
