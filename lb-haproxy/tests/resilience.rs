@@ -121,12 +121,7 @@ async fn exits_nonzero_when_haproxy_dies() {
     st.lb(json!({"port_rules": [{"source_port": free_port(), "target_port": port, "service": "web"}]})).await;
     let mut lb = Lb::start(&st.nats.url());
     lb.wait_ready();
-    let master: i32 = lb
-        .master("show proc")
-        .lines()
-        .find(|l| l.contains(" master "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let master = lb.haproxy_master_pid();
     std::process::Command::new("kill").args(["-KILL", &master.to_string()]).status().unwrap();
     let status =
         tokio::task::block_in_place(|| lb.wait_exit(Duration::from_secs(30))).expect("lb-haproxy kept running");
@@ -144,12 +139,7 @@ async fn sigterm_stops_haproxy_and_exits_zero() {
     st.lb(json!({"port_rules": [{"source_port": lb_port, "target_port": port, "service": "web"}]})).await;
     let mut lb = Lb::start(&st.nats.url());
     lb.wait_ready();
-    let master: i32 = lb
-        .master("show proc")
-        .lines()
-        .find(|l| l.contains(" master "))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap();
+    let master = lb.haproxy_master_pid();
     std::process::Command::new("kill").args(["-TERM", &lb.pid().to_string()]).status().unwrap();
     let status = tokio::task::block_in_place(|| lb.wait_exit(Duration::from_secs(30))).expect("still running");
     assert!(status.success(), "{status}");

@@ -171,6 +171,15 @@ impl Lb {
     }
 
     /// A command on HAProxy's master CLI (`show proc`, `@1 show stat`, …).
+    /// HAProxy's master process, from `show proc`.
+    pub fn haproxy_master_pid(&self) -> i32 {
+        self.master("show proc")
+            .lines()
+            .find(|l| l.contains(" master "))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .expect("a master in show proc")
+    }
+
     pub fn master(&self, command: &str) -> String {
         let mut s = std::os::unix::net::UnixStream::connect(self.run_dir.path().join("master.sock")).unwrap();
         s.write_all(format!("{command}\n").as_bytes()).unwrap();
