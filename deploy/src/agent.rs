@@ -473,6 +473,19 @@ async fn create_lb(
     Ok(created.id)
 }
 
+/// The compose keys kept verbatim (`compose::VERBATIM`) that the agent gives to Docker; the
+/// others are stored and checked only, and `up` says so.
+pub const APPLIED_VERBATIM: &[&str] = &["volume_driver", "user", "working_dir", "extra_hosts"];
+
+/// The verbatim keys of a launch config that Docker will not get.
+pub fn not_applied(lc: &LaunchConfig) -> Vec<&str> {
+    lc.extra
+        .keys()
+        .map(String::as_str)
+        .filter(|k| crate::compose::is_verbatim(k) && !APPLIED_VERBATIM.contains(k))
+        .collect()
+}
+
 /// A compose key kept verbatim in the launch config (`compose::VERBATIM`).
 fn verbatim<'a>(lc: Option<&'a LaunchConfig>, key: &str) -> Option<&'a serde_json::Value> {
     lc?.extra.get(key)

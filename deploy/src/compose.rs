@@ -93,6 +93,11 @@ const VERBATIM: &[&str] = &[
     "storage_opt",
 ];
 
+/// Whether a compose key is one kept verbatim for the agent.
+pub fn is_verbatim(key: &str) -> bool {
+    VERBATIM.contains(&key)
+}
+
 /// Compose keys refused, with the reason.
 const REFUSED: &[(&str, &str)] = &[
     ("build", "building images is not supported (there is no registry to push to): build the image on the hosts and give `image`"),

@@ -116,6 +116,19 @@ pub fn prepare(
     upgrade: Option<(Option<u32>, Option<u64>)>,
 ) -> Result<(Vec<String>, Vec<String>), String> {
     let (mut upgraded, mut notes) = (Vec::new(), Vec::new());
+    // Compose keys the agent does not give Docker yet: said, not dropped silently.
+    for s in services.iter() {
+        for lc in std::iter::once(&s.launch_config).chain(&s.secondary_launch_configs) {
+            let keys = crate::agent::not_applied(lc);
+            if !keys.is_empty() {
+                let name = lc.name.as_deref().unwrap_or(&s.name);
+                notes.push(format!(
+                    "note: {name}: {} kept in the desired state but not applied to Docker yet",
+                    keys.join(", ")
+                ));
+            }
+        }
+    }
     for s in services.iter_mut() {
         let Some(old) = current.get(&s.name) else { continue };
         crate::plan::keep_unexpressed(old, s);
@@ -214,6 +227,15 @@ mod tests {
         b.launch_config.image = "busybox:2".into();
         assert_ne!(version(&a), version(&b));
         assert_eq!(version(&a).len(), 16);
+    }
+
+    #[test]
+    fn keys_docker_does_not_get_are_said() {
+        let mut web = Service::new("s", "st", "web");
+        web.launch_config.extra.insert("mem_limit".into(), serde_json::json!("512m"));
+        web.launch_config.extra.insert("user".into(), serde_json::json!("nobody"));
+        let (_, notes) = prepare(&Default::default(), &mut [web], None).unwrap();
+        assert_eq!(notes, ["note: web: mem_limit kept in the desired state but not applied to Docker yet"]);
     }
 
     #[test]
