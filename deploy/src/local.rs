@@ -98,7 +98,14 @@ impl Layout {
         let program = lines.next().unwrap_or_default();
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-        (alive(pid) && (program.is_empty() || argv0 == program.as_bytes())).then_some(pid)
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        // A process just started may still show an empty or the parent's command line for a
+        // moment; it is someone else's only when neither its argv[0] nor its binary match.
+        let ours = program.is_empty()
+            || argv0.is_empty()
+            || argv0 == program.as_bytes()
+            || exe.is_some_and(|e| Path::new(program).canonicalize().is_ok_and(|p| p == e));
+        (alive(pid) && ours).then_some(pid)
     }
     /// Names with a pid file, in start order (as recorded in `run/order`).
     pub fn started(&self) -> Vec<String> {
