@@ -105,6 +105,7 @@ families! {
     Certificate => "certificate", Certificate, uuid, "deploy";
     Fqdn => "fqdn", Fqdn, service_uuid, "external-dns";
     Lease => "lease", Lease, role, "any singleton (compare-and-set)";
+    LbStatus => "lbstatus", LbStatus, instance, "lb-haproxy (that instance)";
 }
 
 impl fmt::Display for Family {

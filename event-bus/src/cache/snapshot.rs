@@ -32,6 +32,7 @@ pub struct Snapshot {
     certificates: Table<Certificate>,
     fqdns: Table<Fqdn>,
     leases: Table<Lease>,
+    lb_statuses: Table<LbStatus>,
     /// Keys whose newest value did not parse, with the reason (the previous value, if any, is kept).
     invalid: OrdMap<String, String>,
 
@@ -190,6 +191,10 @@ impl Snapshot {
     pub fn lease(&self, role: &str) -> Option<&Arc<Lease>> {
         self.leases.get(role)
     }
+    /// What each lb-haproxy instance made of its service's configuration (few: one per replica).
+    pub fn lb_statuses(&self) -> impl Iterator<Item = &Arc<LbStatus>> {
+        self.lb_statuses.values()
+    }
     /// Keys skipped because their newest value did not parse, with why.
     pub fn invalid(&self) -> impl Iterator<Item = (&String, &String)> {
         self.invalid.iter()
@@ -241,6 +246,7 @@ impl Snapshot {
                 F::Certificate => table(&older.certificates, &self.certificates, Record::Certificate, &mut out),
                 F::Fqdn => table(&older.fqdns, &self.fqdns, Record::Fqdn, &mut out),
                 F::Lease => table(&older.leases, &self.leases, Record::Lease, &mut out),
+                F::LbStatus => table(&older.lb_statuses, &self.lb_statuses, Record::LbStatus, &mut out),
             }
         }
         out
@@ -266,6 +272,7 @@ impl Snapshot {
         self.certificates.values().for_each(|d| push(Record::Certificate((**d).clone())));
         self.fqdns.values().for_each(|d| push(Record::Fqdn((**d).clone())));
         self.leases.values().for_each(|d| push(Record::Lease((**d).clone())));
+        self.lb_statuses.values().for_each(|d| push(Record::LbStatus((**d).clone())));
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -332,6 +339,7 @@ impl Snapshot {
             Some(Record::Certificate(d)) => drop(self.certificates.insert(id.to_string(), Arc::new(d))),
             Some(Record::Fqdn(d)) => drop(self.fqdns.insert(id.to_string(), Arc::new(d))),
             Some(Record::Lease(d)) => drop(self.leases.insert(id.to_string(), Arc::new(d))),
+            Some(Record::LbStatus(d)) => drop(self.lb_statuses.insert(id.to_string(), Arc::new(d))),
         }
     }
 
@@ -374,6 +382,7 @@ impl Snapshot {
             F::Certificate => drop(self.certificates.remove(id)),
             F::Fqdn => drop(self.fqdns.remove(id)),
             F::Lease => drop(self.leases.remove(id)),
+            F::LbStatus => drop(self.lb_statuses.remove(id)),
         }
     }
 }

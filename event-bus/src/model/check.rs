@@ -58,6 +58,11 @@ impl Check for Fqdn {
         unknown(&self.extra, path, out);
     }
 }
+impl Check for LbStatus {
+    fn check(&self, path: &str, out: &mut Vec<Problem>) {
+        unknown(&self.extra, path, out);
+    }
+}
 impl Check for Lease {
     fn check(&self, path: &str, out: &mut Vec<Problem>) {
         unknown(&self.extra, path, out);

@@ -11,6 +11,7 @@ mod container;
 mod environment;
 mod health_check;
 mod host;
+mod lb_status;
 mod service;
 mod stack;
 mod volume;
@@ -24,6 +25,7 @@ pub use health_check::{
     STATE_REQUEST,
 };
 pub use host::Host;
+pub use lb_status::LbStatus;
 pub use service::{HealthCheck, LaunchConfig, LbConfig, PortRule, QuorumConfig, Service, ServiceKind};
 pub use stack::Stack;
 pub use volume::{Volume, VolumeSnapshot};
