@@ -25,8 +25,23 @@ pub async fn check(bin: &Path, config: &Path) -> Result<(), String> {
         return Ok(());
     }
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let alerts: Vec<&str> = text.lines().filter(|l| l.contains("ALERT")).collect();
+    let alerts: Vec<String> = text.lines().filter(|l| l.contains("ALERT")).map(without_pid).collect();
     Err(if alerts.is_empty() { text.trim().to_string() } else { alerts.join("\n") })
+}
+
+/// `[ALERT]    (27585) : config : …` → `[ALERT] config : …`: the checking process's pid changes
+/// on every run, and a refusal that says the same thing must read the same (it is deduplicated,
+/// and written to the state).
+fn without_pid(line: &str) -> String {
+    let Some(rest) = line.strip_prefix("[ALERT]") else { return line.to_string() };
+    let rest = rest.trim_start();
+    let rest = match rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
+        Some((pid, after)) if pid.bytes().all(|b| b.is_ascii_digit()) => {
+            after.trim_start().trim_start_matches(':').trim_start()
+        }
+        _ => rest,
+    };
+    format!("[ALERT] {rest}")
 }
 
 /// What `show proc` says.
@@ -275,5 +290,15 @@ mod tests {
         let p = Procs::parse(text).unwrap();
         assert_eq!(p, Procs { master: 16945, reloads: 2, failed: 1, workers: vec![17240], old_workers: vec![17001] });
         assert_eq!(Procs::parse("Unknown command"), None);
+    }
+
+    #[test]
+    fn alerts_read_the_same_from_one_run_to_the_next() {
+        let a = "[ALERT]    (27585) : config : parsing [haproxy.cfg:13] : unexpected character 'b'";
+        let b = "[ALERT]    (31002) : config : parsing [haproxy.cfg:13] : unexpected character 'b'";
+        assert_eq!(without_pid(a), "[ALERT] config : parsing [haproxy.cfg:13] : unexpected character 'b'");
+        assert_eq!(without_pid(a), without_pid(b));
+        assert_eq!(without_pid("[ALERT] (x) odd"), "[ALERT] (x) odd");
+        assert_eq!(without_pid("no alert"), "no alert");
     }
 }
