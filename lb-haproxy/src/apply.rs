@@ -6,7 +6,8 @@
 //! change: new ports must be free, the text must pass `haproxy -c`, then the file is swapped
 //! and the master reloads hitlessly. A refused configuration leaves HAProxy as it was (and its
 //! membership still follows the state, rendered from the last configuration that was good),
-//! is logged, counted and published as an `lb.config.refused` event.
+//! is logged, counted, published as an `lb.config.refused` event and written to the state
+//! ([`crate::report`]).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -15,13 +16,14 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use event_bus::model::Service;
-use event_bus::{Events, Snapshot, StateCache};
+use event_bus::{Events, Family, Snapshot, StateCache};
 
 use crate::certs;
 use crate::error::{ConfigError, HaproxyError};
 use crate::haproxy::{self, Haproxy};
 use crate::metrics::LbMetrics;
 use crate::render::{self, BackendServers, Rendered, Settings};
+use crate::report::Reporter;
 
 /// What the current worker has: backend → server → (address, taking traffic).
 pub type Live = BTreeMap<String, BTreeMap<String, (SocketAddr, bool)>>;
@@ -86,6 +88,17 @@ pub fn membership_ops(live: &Live, desired: &BTreeMap<String, BackendServers>) -
     up
 }
 
+/// The families a load balancer's configuration is rendered from.
+const INPUTS: &[Family] = &[
+    Family::Stack,
+    Family::Service,
+    Family::Container,
+    Family::Status,
+    Family::Health,
+    Family::Certificate,
+    Family::Host,
+];
+
 /// What `/readyz` reports.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -108,6 +121,7 @@ pub struct Controller {
     retry: bool,
     metrics: LbMetrics,
     events: Option<Events>,
+    reporter: Option<Reporter>,
     status: Arc<RwLock<Status>>,
 }
 
@@ -126,8 +140,15 @@ impl Controller {
             retry: false,
             metrics,
             events,
+            reporter: None,
             status: Arc::new(RwLock::new(Status { serving: false, waiting: Some("not started".into()) })),
         }
+    }
+
+    /// Also write this instance's verdict to the state (`lbstatus.<instance>`).
+    pub fn with_reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = Some(reporter);
+        self
     }
 
     pub fn status(&self) -> Arc<RwLock<Status>> {
@@ -149,10 +170,16 @@ impl Controller {
         let mut changes = cache.subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<Arc<Snapshot>> = None;
         let result = loop {
             changes.borrow_and_update();
             let snap = cache.snapshot();
-            self.step(&snap).await;
+            // Only what the configuration is made of: our own lbstatus writes (and other
+            // components' records) must not re-run the step.
+            if self.retry || last.as_ref().is_none_or(|l| snap.differs_from(l, INPUTS)) {
+                self.step(&snap).await;
+                last = Some(snap);
+            }
             let next = loop {
                 tokio::select! {
                     _ = &mut shutdown => break None,
@@ -183,11 +210,23 @@ impl Controller {
         if let Some(h) = self.haproxy.take() {
             h.stop(Duration::from_secs(10)).await;
         }
+        if let Some(r) = self.reporter.take() {
+            r.stop().await;
+        }
         result
     }
 
-    /// Brings HAProxy in line with one snapshot.
+    /// Brings HAProxy in line with one snapshot, and says how that went.
     pub async fn step(&mut self, snap: &Snapshot) {
+        let Some(uuid) = self.bring_in_line(snap).await else { return };
+        if let Some(r) = &self.reporter {
+            let serving = self.applied.is_some() && self.haproxy.is_some();
+            r.set(&uuid, serving, self.refused.as_deref());
+        }
+    }
+
+    /// Returns the load balancer service's uuid, if it is in the state.
+    async fn bring_in_line(&mut self, snap: &Snapshot) -> Option<String> {
         self.retry = false;
         let started = Instant::now();
         let Some(lb) = find_service(snap, &self.service) else {
@@ -197,14 +236,15 @@ impl Controller {
             } else {
                 tracing::warn!("{why}: keeping the current configuration");
             }
-            return;
+            return None;
         };
+        let uuid = lb.uuid.clone();
         let rendered = match render::render_service(&self.settings, &lb, snap) {
             Ok(r) => r,
             Err(e) => {
                 self.refuse(&lb, e);
                 self.follow_membership_of_last_good(snap, started).await;
-                return;
+                return Some(uuid);
             }
         };
         for w in &rendered.warnings {
@@ -230,6 +270,7 @@ impl Controller {
                 self.retry = true;
             }
         }
+        Some(uuid)
     }
 
     /// While the newest spec is refused, the last good one keeps following membership.

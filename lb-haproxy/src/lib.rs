@@ -11,7 +11,8 @@
 //! - [`render`]: the configuration text;
 //! - [`haproxy`]: the master-worker process and its CLI;
 //! - [`apply`]: keeping HAProxy in step with the state;
-//! - [`metrics`]: the `corral_lb_` metrics.
+//! - [`metrics`]: the `corral_lb_` metrics;
+//! - [`report`]: this instance's verdict in the state (`lbstatus.<instance>`).
 
 pub mod apply;
 pub mod certs;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod haproxy;
 pub mod metrics;
 pub mod render;
+pub mod report;
 pub mod rules;
 pub mod targets;
 

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use event_bus::runtime::{admin, args::CommonArgs, metrics::Metrics, shutdown, telemetry};
-use event_bus::{Bus, Events, StateCache};
+use event_bus::{Bus, Events, StateCache, StateStore};
 use lb_haproxy::apply::Controller;
 use lb_haproxy::metrics::LbMetrics;
 use lb_haproxy::render::Settings;
+use lb_haproxy::report::Reporter;
 
 /// Rancher's built-in load balancer: keeps a real HAProxy (master-worker) in line with one
 /// load balancer service's `lb_config` and the running, healthy containers it targets.
@@ -41,6 +42,17 @@ struct Args {
     /// every target counts as local.
     #[arg(long, env = "CORRAL_HOST_UUID")]
     host_uuid: Option<String>,
+    /// This instance's name in the state: it writes `lbstatus.<instance>` (whether HAProxy
+    /// serves, why the newest configuration was refused) and deletes it when it stops. The deploy
+    /// agent passes the LB container's uuid. Default: `<host uuid or hostname>_<stack>_<service>`.
+    #[arg(long, env = "CORRAL_LB_INSTANCE", value_parser = parse_instance)]
+    instance: Option<String>,
+}
+
+fn parse_instance(s: &str) -> Result<String, String> {
+    event_bus::Key::new(event_bus::Family::LbStatus, s)
+        .map(|k| k.id)
+        .map_err(|_| "expected 1-200 characters of A-Z a-z 0-9 _ - =".into())
 }
 
 fn parse_service(s: &str) -> Result<String, String> {
@@ -68,20 +80,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let run_dir = std::path::absolute(&run_dir).with_context(|| format!("run dir {}", run_dir.display()))?;
     lb_haproxy::certs::private_dir(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let instance = args.instance.clone().unwrap_or_else(|| {
+        let host = args.host_uuid.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+        });
+        lb_haproxy::report::default_instance(&host, &args.service)
+    });
     let settings = Settings {
         run_dir,
         bind_address: args.bind_address,
         stats_addr: args.haproxy_stats_addr,
         host_uuid: args.host_uuid,
     };
-    tracing::info!(service = %args.service, run_dir = %settings.run_dir.display(), "starting");
+    tracing::info!(service = %args.service, %instance, run_dir = %settings.run_dir.display(), "starting");
 
     let bus =
         Bus::connect(&args.common.nats.options("lb-haproxy"), &args.common.env, args.common.nats.nats_connect_timeout)
             .await?;
     let cache = StateCache::start(&bus, &metrics).await?;
     let events = Events::new(&bus, format!("lb-haproxy@{}", args.service));
-    let controller = Controller::new(settings, args.haproxy_bin, args.service, lb_metrics, Some(events));
+    let store = StateStore::open(&bus).await?;
+    let reporter = Reporter::start(store, instance, settings.host_uuid.clone());
+    let controller =
+        Controller::new(settings, args.haproxy_bin, args.service, lb_metrics, Some(events)).with_reporter(reporter);
 
     let readiness = admin::Readiness::new();
     let c = cache.clone();

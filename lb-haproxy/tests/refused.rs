@@ -1,13 +1,14 @@
-//! Bad input is refused with a clear error, published as an event, and the running load
-//! balancer keeps serving what it served.
+//! Bad input is refused with a clear error, published as an event and in the state
+//! (`lbstatus.<instance>`), and the running load balancer keeps serving what it served.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{addr, aget, wait_async, Backend, Lb, State};
+use event_bus::model::LbStatus;
 use event_bus::testkit::free_port;
-use event_bus::Events;
+use event_bus::{Events, StateStore};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -21,9 +22,12 @@ async fn bad_configurations_are_refused_and_the_old_one_keeps_serving() {
     let good = free_port();
     let good_rules = json!([{"source_port": good, "target_port": port, "service": "web"}]);
     st.lb(json!({"port_rules": good_rules})).await;
-    let lb = Lb::start(&st.nats.url());
+    let lb = Lb::start_with(&st.nats.url(), &["--instance", "lb-test-1"]);
     lb.wait_ready();
     assert_eq!(aget(good, "x", "/").await, (200, "web-1".into()));
+    let said = status(&st.store).await;
+    assert!(said.serving && said.refused.is_none(), "{said:?}");
+    assert_eq!(said.service_uuid, "lb");
 
     let events = Events::new(&st.bus, "test");
     let mut refused = events.subscribe("lb.config.refused").await.unwrap();
@@ -84,6 +88,8 @@ async fn bad_configurations_are_refused_and_the_old_one_keeps_serving() {
         assert_eq!(event.resource_id.as_deref(), Some("lb"));
         assert!(!error.contains("PRIVATE KEY") && !error.contains(&other_key[40..80]), "{error}");
         assert_eq!(lb.rejected(), (i + 1) as f64, "{what}");
+        // The same error in the state, next to the service, for `deploy ps`.
+        wait_status(&st.store, what, |s| s.serving && s.refused.as_ref().is_some_and(|r| r.contains(&says))).await;
         assert_eq!(lb.metric("corral_lb_config_refused "), 1.0);
         // Untouched: the same worker, no reload, still serving.
         assert_eq!(aget(good, "x", "/").await, (200, "web-1".into()), "after {what}");
@@ -103,4 +109,26 @@ async fn bad_configurations_are_refused_and_the_old_one_keeps_serving() {
     assert_eq!(lb.metric("corral_lb_config_refused "), 0.0);
     assert_eq!(aget(new_port, "x", "/").await.0, 200);
     assert_eq!(lb.haproxy_reloads(), 1);
+    wait_status(&st.store, "the refusal cleared", |s| s.serving && s.refused.is_none()).await;
+
+    // A stopped instance takes its status with it.
+    drop(lb);
+    assert!(st.store.get::<LbStatus>("lb-test-1").await.unwrap().is_none(), "lbstatus.lb-test-1 left behind");
+}
+
+/// Waits until `lbstatus.lb-test-1` satisfies `ok`.
+async fn wait_status(store: &StateStore, what: &str, ok: impl Fn(&LbStatus) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(store).await;
+        if ok(&s) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "lbstatus after {what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status(store: &StateStore) -> LbStatus {
+    store.get::<LbStatus>("lb-test-1").await.unwrap().expect("lbstatus.lb-test-1 written").value
 }

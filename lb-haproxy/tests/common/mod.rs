@@ -170,7 +170,6 @@ impl Lb {
         self.metric("corral_lb_servers ")
     }
 
-    /// A command on HAProxy's master CLI (`show proc`, `@1 show stat`, …).
     /// HAProxy's master process, from `show proc`.
     pub fn haproxy_master_pid(&self) -> i32 {
         self.master("show proc")
@@ -180,6 +179,7 @@ impl Lb {
             .expect("a master in show proc")
     }
 
+    /// A command on HAProxy's master CLI (`show proc`, `@1 show stat`, …).
     pub fn master(&self, command: &str) -> String {
         let mut s = std::os::unix::net::UnixStream::connect(self.run_dir.path().join("master.sock")).unwrap();
         s.write_all(format!("{command}\n").as_bytes()).unwrap();
