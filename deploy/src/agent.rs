@@ -458,6 +458,8 @@ async fn create_lb(
         format!("CORRAL_ENV={}", s.env),
         format!("CORRAL_LB_SERVICE={stack}/{}", svc.name),
         format!("CORRAL_HOST_UUID={}", s.host_uuid),
+        // Its verdict on the configuration goes to lbstatus.<container uuid> (`deploy ps`).
+        format!("CORRAL_LB_INSTANCE={}", c.uuid),
         // Several load balancers may share the host's network: no fixed admin port.
         "CORRAL_ADMIN_ADDR=127.0.0.1:0".to_string(),
     ];

@@ -435,6 +435,12 @@ pub async fn up(
                     seen.insert(key, why.clone());
                 }
             }
+            for why in &r.lb_refused {
+                let key = format!("{}/{} refused {why}", r.stack, r.service);
+                if seen.insert(key.clone(), String::new()).is_none() {
+                    println!("  {}/{}: load balancer configuration refused {why}", r.stack, r.service);
+                }
+            }
             for c in &r.containers {
                 let mut line = format!("{:<32} {:<15} {}", c.name, c.ip, c.state);
                 if !c.health.is_empty() {

@@ -16,6 +16,10 @@ pub struct ServiceRow {
     /// Why the controller could not place (all of) it, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unplaceable: Option<String>,
+    /// A load balancer whose newest `lb_config` its lb-haproxy refused: `on <host>: <error>`, one
+    /// per instance that refused it (HAProxy keeps the previous configuration meanwhile).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lb_refused: Vec<String>,
     pub containers: Vec<ContainerRow>,
 }
 
@@ -65,6 +69,7 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
                 global: svc.launch_config.labels.get(crate::schedule::GLOBAL).is_some_and(|v| v == "true"),
                 state,
                 unplaceable: book.unplaceable.get(&svc.uuid).cloned(),
+                lb_refused: lb_refused(snap, &svc.uuid),
                 containers: containers
                     .iter()
                     .map(|c| ContainerRow {
@@ -89,6 +94,28 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
     out
 }
 
+/// What the lb-haproxy instances of a load balancer service refused. When the service has
+/// containers, its instances are those containers (the agent names each instance after its
+/// container), so the key of one killed before it could delete it is not counted; a service
+/// without containers is one served by lb-haproxy run by hand, and all its instances count.
+fn lb_refused(snap: &Snapshot, service_uuid: &str) -> Vec<String> {
+    let deployed = snap.containers_of_service(service_uuid).next().is_some();
+    let mut out: Vec<String> = snap
+        .lb_statuses()
+        .filter(|s| s.service_uuid == service_uuid)
+        .filter(|s| {
+            !deployed || snap.container(&s.instance).is_some_and(|c| c.service_uuid.as_deref() == Some(service_uuid))
+        })
+        .filter_map(|s| {
+            let why = s.refused.as_ref()?;
+            let host = s.host_uuid.as_deref().map(|h| snap.host(h).map(|h| h.name.clone()).unwrap_or(h.to_string()));
+            Some(format!("on {}: {why}", host.unwrap_or_else(|| s.instance.clone())))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Whether every service of `rows` that runs containers has all its units placed, and every
 /// container runs (and is healthy, where it is health-checked).
 pub fn settled(rows: &[ServiceRow]) -> bool {
@@ -97,6 +124,7 @@ pub fn settled(rows: &[ServiceRow]) -> bool {
         let primaries = wanted.iter().filter(|c| !c.sidekick).count();
         let enough = if r.global { primaries >= 1 } else { primaries >= r.scale.unwrap_or(1) as usize };
         r.unplaceable.is_none()
+            && r.lb_refused.is_empty()
             && enough
             && wanted
                 .iter()
@@ -112,6 +140,9 @@ pub fn table(rows: &[ServiceRow]) -> String {
         if let Some(why) = &r.unplaceable {
             out.push_str(&format!("  cannot be placed: {why}\n"));
         }
+        for why in &r.lb_refused {
+            out.push_str(&format!("  load balancer configuration refused {why}\n"));
+        }
         for c in &r.containers {
             let error = c.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
             out.push_str(&format!(
@@ -121,4 +152,63 @@ pub fn table(rows: &[ServiceRow]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_bus::keys::Record;
+    use event_bus::model::{LbStatus, ServiceKind};
+    use event_bus::testkit::fixtures;
+
+    fn refusal(instance: &str, service: &str, why: Option<&str>) -> Record {
+        Record::LbStatus(LbStatus {
+            instance: instance.into(),
+            service_uuid: service.into(),
+            host_uuid: Some("h1".into()),
+            serving: true,
+            refused: why.map(String::from),
+            since_ms: 1,
+            extra: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_refused_load_balancer_configuration_shows_under_its_service() {
+        let mut lb = fixtures::service("lb", "st", "lb");
+        lb.kind = ServiceKind::LoadBalancer;
+        let mut manual = fixtures::service("manual", "st", "manual");
+        manual.kind = ServiceKind::LoadBalancer;
+        let records = vec![
+            Record::Host(fixtures::host("h1", "host-1", "10.0.0.1")),
+            Record::Stack(fixtures::stack("st", "demo")),
+            Record::Service(lb),
+            Record::Service(manual),
+            Record::Container(fixtures::container("c1", "demo-lb-1", "lb", "st", "h1", "10.42.0.2")),
+            Record::Status(fixtures::status("c1", "h1", "running")),
+            refusal("c1", "lb", Some("port_rules[1] overlaps port_rules[0]")),
+            // A container killed before its lb-haproxy could delete its key.
+            refusal("gone", "lb", Some("an old complaint")),
+            // lb-haproxy run by hand for a service without containers.
+            refusal("myhost_demo_manual", "manual", Some("protocol udp is not supported by HAProxy")),
+        ];
+        let snap = Snapshot::from_records(1, records.clone());
+        let got = rows(&snap, None);
+        let lb = got.iter().find(|r| r.service == "lb").unwrap();
+        assert_eq!(lb.lb_refused, vec!["on host-1: port_rules[1] overlaps port_rules[0]".to_string()]);
+        let manual = got.iter().find(|r| r.service == "manual").unwrap();
+        assert_eq!(manual.lb_refused, vec!["on host-1: protocol udp is not supported by HAProxy".to_string()]);
+        assert!(table(&got).contains("  load balancer configuration refused on host-1: port_rules[1] overlaps"));
+        assert!(!settled(std::slice::from_ref(lb)), "a refused configuration is not settled");
+
+        // Accepted again: nothing shown, settled.
+        let mut records = records;
+        records[6] = refusal("c1", "lb", None);
+        records.truncate(7);
+        let snap = Snapshot::from_records(2, records);
+        let got = rows(&snap, None);
+        assert!(got.iter().all(|r| r.lb_refused.is_empty()));
+        let lb: Vec<_> = got.into_iter().filter(|r| r.service == "lb").collect();
+        assert!(settled(&lb), "{}", table(&lb));
+    }
 }
