@@ -217,10 +217,11 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
         })
     };
     let catalog = workspace().join("catalog");
-    let template_up = |answers: &Path, flag: &str| {
+    let template_up = |answers: &Path, flag: Option<&str>| {
         let args = ["up", "-t", "hello", "--catalog", catalog.to_str().unwrap(), "-p", &stack];
         let mut args: Vec<&str> = args.to_vec();
-        args.extend(["--answers", answers.to_str().unwrap(), flag]);
+        args.extend(["--answers", answers.to_str().unwrap()]);
+        args.extend(flag);
         common::deploy(&args, &nats_url)
     };
     let web_state = || {
@@ -242,7 +243,7 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
     };
-    let (code, out, err) = template_up(&answers2, "--upgrade");
+    let (code, out, err) = template_up(&answers2, Some("--upgrade"));
     assert_eq!(code, 0, "{out}{err}");
     // Rancher's health states while a service is upgraded.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -251,7 +252,7 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     wait_state("upgraded");
-    let (code, out, err) = template_up(&answers2, "--rollback");
+    let (code, out, err) = template_up(&answers2, Some("--rollback"));
     assert_eq!(code, 0, "{out}{err}");
     wait_state("active");
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -261,6 +262,36 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     assert_eq!(failed, 0, "requests failed during the upgrade ({ok} answered)");
     assert!(said.contains("hi") && said.contains("hello"), "{said:?}");
     assert_eq!(try_http_get(lb_port, "/").map(|b| b.starts_with("hello from")), Some(true));
+
+    // A load balancer configuration its lb-haproxy refuses (the new port is held by another
+    // process): `deploy ps` says why under the service, and the old port keeps serving. The
+    // previous answers again clear it.
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let answers3 = dir.path().join("answers3.yml");
+    std::fs::write(&answers3, format!("PUBLIC_PORT: {public}\nLB_PORT: {taken_port}\n")).unwrap();
+    let (code, out, err) = template_up(&answers3, None);
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, ps, _) = common::deploy(&["ps", &stack], &nats_url);
+        if ps.contains("load balancer configuration refused on ")
+            && ps.contains(&format!("{taken_port} is already in use"))
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refusal in deploy ps:\n{ps}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(try_http_get(lb_port, "/").map(|b| b.starts_with("hello from")), Some(true));
+    let (code, out, err) = template_up(&answers, None);
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::deploy(&["ps", &stack], &nats_url).1.contains("refused") {
+        assert!(std::time::Instant::now() < deadline, "the refusal stayed after the old configuration came back");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    drop(taken);
 
     // A web container stops serving its page: healthcheck (HAProxy) reports it down, the
     // controller marks it unhealthy, it leaves DNS and the load balancer, and `strategy:
