@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use event_bus::model::{Container, HealthCheck, Service};
+use event_bus::model::{Container, HealthCheck, Service, ServiceKind};
 use event_bus::Snapshot;
 
 use crate::rules::{Plan, Target};
@@ -110,13 +110,18 @@ pub fn resolve(plan: &Plan, snap: &Snapshot, locality: Locality, host: Option<&s
     for (name, backend) in &plan.backends {
         let mut all: Vec<(bool, Endpoint)> = Vec::new();
         for t in &backend.targets {
-            for c in containers_of(snap, t) {
+            let (containers, external) = members_of(snap, t);
+            for c in containers {
                 if !is_serving(snap, &c) {
                     continue;
                 }
                 let Some(ip) = container_ip(&c) else { continue };
                 let local = host.is_none_or(|h| c.host_uuid.as_deref() == Some(h));
                 all.push((local, Endpoint { name: server_name(&c.name), addr: SocketAddr::new(ip, t.port) }));
+            }
+            // An external service's addresses are on no host of ours: never local.
+            for (name, ip) in external {
+                all.push((host.is_none(), Endpoint { name, addr: SocketAddr::new(ip, t.port) }));
             }
             if let Some(check) = t
                 .service_uuid
@@ -152,17 +157,58 @@ pub fn resolve(plan: &Plan, snap: &Snapshot, locality: Locality, host: Option<&s
     out
 }
 
-fn containers_of(snap: &Snapshot, t: &Target) -> Vec<std::sync::Arc<Container>> {
+/// Servers outside the environment: an external service's IPs, named `<service>_<ip>`.
+type External = Vec<(String, IpAddr)>;
+
+/// What a target reaches: a container, a service's containers, an external service's IPs, or
+/// for an alias (`rancher/dns-service`) whatever its linked services reach, aliases of aliases
+/// included (each service once, so a loop ends).
+fn members_of(snap: &Snapshot, t: &Target) -> (Vec<std::sync::Arc<Container>>, External) {
     if let Some(uuid) = &t.container_uuid {
-        return snap.container(uuid).cloned().into_iter().collect();
+        return (snap.container(uuid).cloned().into_iter().collect(), Vec::new());
     }
-    match &t.service_uuid {
-        Some(uuid) => snap.containers_of_service(uuid).cloned().collect(),
-        None => Vec::new(),
+    let mut out = (Vec::new(), Vec::new());
+    if let Some(svc) = t.service_uuid.as_deref().and_then(|u| snap.service(u)) {
+        let mut seen = std::collections::HashSet::new();
+        expand(snap, svc, &mut seen, &mut out);
+    }
+    out
+}
+
+fn expand(
+    snap: &Snapshot,
+    svc: &Service,
+    seen: &mut std::collections::HashSet<String>,
+    out: &mut (Vec<std::sync::Arc<Container>>, External),
+) {
+    if !seen.insert(svc.uuid.clone()) {
+        return;
+    }
+    match svc.kind {
+        ServiceKind::External => {
+            for ip in svc.external_ips.iter().filter_map(|ip| ip.trim().parse::<IpAddr>().ok()) {
+                out.1.push((server_name(&format!("{}_{ip}", svc.name)), ip));
+            }
+        }
+        ServiceKind::Alias => {
+            for key in svc.links.keys() {
+                let (stack_uuid, name) = match key.split_once('/') {
+                    Some((stack, name)) => match snap.stack_by_name(stack) {
+                        Some(st) => (st.uuid.clone(), name),
+                        None => continue,
+                    },
+                    None => (svc.stack_uuid.clone(), key.as_str()),
+                };
+                if let Some(target) = snap.service_by_name(&stack_uuid, name) {
+                    expand(snap, target, seen, out);
+                }
+            }
+        }
+        _ => out.0.extend(snap.containers_of_service(&svc.uuid).cloned()),
     }
 }
 
-/// HAProxy server names: letters, digits and `_ - . :`.
+/// HAProxy server names: letters, digits and `_ - .`.
 fn server_name(container: &str) -> String {
     container.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') { c } else { '_' }).collect()
 }
@@ -171,7 +217,7 @@ fn server_name(container: &str) -> String {
 mod tests {
     use super::*;
     use event_bus::keys::Document;
-    use event_bus::model::{ContainerHealth, LbConfig, ServiceKind};
+    use event_bus::model::{ContainerHealth, LbConfig};
     use event_bus::testkit::fixtures;
 
     fn health(uuid: &str, state: &str) -> ContainerHealth {
@@ -239,5 +285,49 @@ mod tests {
             serde_json::from_value(serde_json::json!({"port": 80, "interval": 0, "healthy_threshold": 0})).unwrap();
         let c = Check::from_health_check(&h).unwrap();
         assert_eq!((c.inter_ms, c.rise, c.fall, c.timeout_ms), (2000, 2, 3, 2000));
+    }
+
+    #[test]
+    fn external_and_alias_services_as_targets() {
+        let (_, snap) = setup();
+        let mut records = snap.records().into_iter().map(|(_, r)| r).collect::<Vec<_>>();
+        let mut ext = fixtures::service("ext", "st1", "ext");
+        ext.kind = ServiceKind::External;
+        ext.external_ips = vec!["192.0.2.10".into(), "not an ip".into()];
+        let mut alias = fixtures::service("both", "st1", "both");
+        alias.kind = ServiceKind::Alias;
+        alias.links = [("web".to_string(), String::new()), ("app/ext".to_string(), String::new())].into();
+        // An alias of that alias, and a loop back to it: each service counts once.
+        let mut outer = fixtures::service("outer", "st1", "outer");
+        outer.kind = ServiceKind::Alias;
+        outer.links = [("both".to_string(), String::new()), ("outer".to_string(), String::new())].into();
+        records.extend([ext.into_record(), alias.into_record(), outer.into_record()]);
+        let snap = Snapshot::from_records(2, records);
+        let lb_for = |target: &str| {
+            let mut lb = fixtures::service("lb", "st1", "lb");
+            lb.kind = ServiceKind::LoadBalancer;
+            lb.lb_config = Some(LbConfig {
+                port_rules: vec![serde_json::from_value(
+                    serde_json::json!({"source_port": 80, "target_port": 8080, "service": target}),
+                )
+                .unwrap()],
+                ..Default::default()
+            });
+            lb
+        };
+        let servers = |target: &str, locality, host| {
+            let plan = crate::rules::plan(&lb_for(target), &snap).unwrap();
+            resolve(&plan, &snap, locality, host).servers["80_"]
+                .iter()
+                .map(|e| format!("{} {}", e.name, e.addr))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(servers("ext", Locality::Any, None), vec!["ext_192.0.2.10 192.0.2.10:8080"]);
+        let all = vec!["app-web-1 10.42.0.1:8080", "app-web-2 10.42.0.2:8080", "ext_192.0.2.10 192.0.2.10:8080"];
+        assert_eq!(servers("both", Locality::Any, None), all);
+        assert_eq!(servers("outer", Locality::Any, None), all);
+        // External addresses are never local.
+        assert_eq!(servers("both", Locality::OnlyLocal, Some("h1")), vec!["app-web-1 10.42.0.1:8080"]);
+        assert_eq!(servers("ext", Locality::PreferLocal, Some("h1")), vec!["ext_192.0.2.10 192.0.2.10:8080"]);
     }
 }

@@ -179,3 +179,50 @@ async fn cookie_stickiness_holds_and_membership_changes_reload() {
     }
     assert!(seen.contains("web-3"), "{seen:?}");
 }
+
+/// Rancher's load balancer could target an external service (its IPs) and an alias
+/// (`rancher/dns-service`, whatever its links reach); an external service's IPs changing is a
+/// membership change like any other (no reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_and_alias_services_as_targets() {
+    use event_bus::model::ServiceKind;
+    let st = State::start().await;
+    let port = free_port();
+    st.service("web").await;
+    let _web = Backend::http("web-1", addr("127.0.8.1", port)).await;
+    st.container("web", 1, "127.0.8.1").await;
+    let _outside = Backend::http("outside", addr("127.0.8.9", port)).await;
+    let _moved = Backend::http("moved", addr("127.0.8.10", port)).await;
+    let mut ext = event_bus::testkit::fixtures::service("ext", common::STACK, "ext");
+    ext.kind = ServiceKind::External;
+    ext.external_ips = vec!["127.0.8.9".into()];
+    st.put(&ext).await;
+    let mut both = event_bus::testkit::fixtures::service("both", common::STACK, "both");
+    both.kind = ServiceKind::Alias;
+    both.links = [("web".to_string(), String::new()), ("ext".to_string(), String::new())].into();
+    st.put(&both).await;
+    let (to_ext, to_alias) = (free_port(), free_port());
+    st.lb(json!({"port_rules": [
+        {"source_port": to_ext, "target_port": port, "service": "ext"},
+        {"source_port": to_alias, "target_port": port, "service": "both"},
+    ]}))
+    .await;
+    let lb = Lb::start(&st.nats.url());
+    lb.wait_ready();
+    assert_eq!(aget(to_ext, "x", "/").await, (200, "outside".into()));
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        answered.insert(aget(to_alias, "x", "/").await.1);
+    }
+    assert_eq!(answered, ["outside".to_string(), "web-1".to_string()].into());
+
+    // The external service now points elsewhere: traffic follows, without a reload.
+    ext.external_ips = vec!["127.0.8.10".into()];
+    st.put(&ext).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while aget(to_ext, "x", "/").await.1 != "moved" {
+        assert!(Instant::now() < deadline, "the external service's new address never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lb.reloads(), 0.0, "{}", lb.metrics());
+}
