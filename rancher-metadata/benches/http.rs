@@ -68,12 +68,140 @@ fn rss_now_mb(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// CPU time a process's threads have run, in ns (from the scheduler's own accounting, which is
+/// exact where /proc's ticks are 10 ms): what the wake of 10,000 waiters costs each side,
+/// whatever else the machine runs meanwhile.
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn metrics_text(admin: u16) -> String {
+    reqwest::blocking::get(format!("http://127.0.0.1:{admin}/metrics")).unwrap().text().unwrap()
+}
+
+fn waiting(admin: u16) -> usize {
+    metrics_text(admin)
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_metadata_long_polls_waiting "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A histogram's observations between two scrapes, as a percentile function answering the
+/// upper bound of the bucket that holds the percentile (`+Inf` beyond the last).
+fn histogram_delta(before: &str, after: &str, name: &str) -> impl Fn(f64) -> String {
+    let buckets = |text: &str| -> Vec<(String, f64)> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|l| {
+                let (le, rest) = l.split_once('"')?;
+                Some((le.to_string(), rest.trim_start_matches('}').trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let (b, a) = (buckets(before), buckets(after));
+    let delta: Vec<(String, f64)> =
+        a.iter().map(|(le, n)| (le.clone(), n - b.iter().find(|(l, _)| l == le).map_or(0.0, |x| x.1))).collect();
+    move |p: f64| {
+        let total = delta.last().map_or(0.0, |x| x.1);
+        match delta.iter().find(|(_, n)| *n >= total * p) {
+            Some((le, _)) if le != "+Inf" => format!("{:.1} ms", le.parse::<f64>().unwrap_or(f64::NAN) * 1e3),
+            _ => "+Inf".into(),
+        }
+    }
+}
+
+/// The long-poll clients of one round: `WAITERS` connections asking `/latest/version` to change
+/// from `version`; returns when each saw its whole answer. One thread with a single-threaded
+/// runtime and no more than a read per socket, so the client takes at most one of the two cores
+/// and as little of it as it can: what the figure shows is mostly the server. Also returns the
+/// CPU time this thread spent from the first answer on.
+fn waiters(port: u16, version: &str, keep_alive: bool) -> (Vec<Instant>, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let request: std::sync::Arc<str> = if keep_alive {
+        format!("GET /latest/version?wait=true&value={version}&maxWait=120 HTTP/1.1\r\nHost: metadata\r\n\r\n")
+    } else {
+        format!("GET /latest/version?wait=true&value={version}&maxWait=120 HTTP/1.0\r\n\r\n")
+    }
+    .into();
+    rt.block_on(async move {
+        // Open the connections a few hundred at a time, as clients arriving over a moment would.
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..WAITERS {
+            let (gate, request) = (gate.clone(), request.clone());
+            tasks.spawn(async move {
+                let permit = gate.acquire_owned().await.unwrap();
+                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                s.write_all(request.as_bytes()).await.expect("send");
+                drop(permit);
+                let mut buf = [0u8; 1024];
+                let mut len = 0;
+                loop {
+                    let n = s.read(&mut buf[len..]).await.expect("answer");
+                    assert!(n > 0, "connection closed before a whole answer");
+                    len += n;
+                    if answer_complete(&buf[..len]) {
+                        // The stream lives on until the round is over, as a client's would.
+                        return (Instant::now(), s);
+                    }
+                }
+            });
+        }
+        let mut seen = Vec::with_capacity(WAITERS);
+        let mut streams = Vec::with_capacity(WAITERS);
+        let mut cpu_at_first = 0;
+        while let Some(t) = tasks.join_next().await {
+            if seen.is_empty() {
+                cpu_at_first = thread_cpu_ns();
+            }
+            let (at, s) = t.unwrap();
+            seen.push(at);
+            streams.push(s);
+        }
+        (seen, thread_cpu_ns() - cpu_at_first)
+    })
+}
+
+/// Whether `raw` holds a whole HTTP response (head and `Content-Length` bytes of body).
+fn answer_complete(raw: &[u8]) -> bool {
+    let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&raw[..head_end]);
+    let length = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .expect("answers carry a Content-Length");
+    raw.len() >= head_end + 4 + length
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / cargo test's bench discovery
     }
-    need("wrk", "wrk");
-    need("nginx", "nginx-light");
+    // `cargo bench -p rancher-metadata --bench http -- propagation` runs only the parts named.
+    let parts: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    if run("throughput") {
+        need("wrk", "wrk");
+        need("nginx", "nginx-light");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let nats = NatsServer::start();
     let store = rt.block_on(async {
@@ -95,19 +223,23 @@ fn main() {
 
     let (port, admin) = (free_port(), free_port());
     let server = Terminate(
-        Command::new(env!("CARGO_BIN_EXE_rancher-metadata"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-addr",
-                &format!("127.0.0.1:{admin}"),
-                "--log",
-                "warn",
-            ])
-            .env("CORRAL_NATS_URL", nats.url())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
+        // CORRAL_BENCH_METADATA_BIN: another build of the server (say, the previous commit's) under
+        // the same load.
+        Command::new(
+            std::env::var("CORRAL_BENCH_METADATA_BIN").unwrap_or(env!("CARGO_BIN_EXE_rancher-metadata").into()),
+        )
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-addr",
+            &format!("127.0.0.1:{admin}"),
+            "--log",
+            "warn",
+        ])
+        .env("CORRAL_NATS_URL", nats.url())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap(),
     );
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::blocking::Client::new();
@@ -117,143 +249,146 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    println!("rancher-metadata RSS: {:.1} MB when ready", rss_now_mb(server.id()));
+    // Loaded: the environment and the latest tree built (any path but /version needs it).
+    let r = http.get(format!("{base}/latest/name")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    std::thread::sleep(Duration::from_secs(1));
     let rss_loaded = rss_now_mb(server.id());
+    println!("rancher-metadata RSS: {rss_loaded:.1} MB loaded and idle (latest tree built)");
 
-    // nginx serving the same bytes.
-    let dir = tempfile::tempdir().unwrap();
-    let paths = [("self-container", "/latest/self/container"), ("services", "/latest/services")];
-    for (file, path) in paths {
-        for (suffix, accept) in [("json", "application/json"), ("txt", "text/plain")] {
-            let body = http.get(format!("{base}{path}")).header("Accept", accept).send().unwrap().bytes().unwrap();
-            std::fs::write(dir.path().join(format!("{file}.{suffix}")), &body).unwrap();
+    if run("throughput") {
+        // nginx serving the same bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [("self-container", "/latest/self/container"), ("services", "/latest/services")];
+        for (file, path) in paths {
+            for (suffix, accept) in [("json", "application/json"), ("txt", "text/plain")] {
+                let body = http.get(format!("{base}{path}")).header("Accept", accept).send().unwrap().bytes().unwrap();
+                std::fs::write(dir.path().join(format!("{file}.{suffix}")), &body).unwrap();
+            }
         }
-    }
-    let nginx_port = free_port();
-    let conf = dir.path().join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; default_type text/plain; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{nginx_port}; root {d}; }} }}\n",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let _nginx = Terminate(
-        Command::new("nginx").args(["-c", conf.to_str().unwrap(), "-p", dir.path().to_str().unwrap()]).spawn().unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(500));
+        let nginx_port = free_port();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{ access_log off; default_type text/plain; client_body_temp_path {d}; proxy_temp_path {d};\n\
+                 fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                 server {{ listen 127.0.0.1:{nginx_port}; root {d}; }} }}\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let _nginx = Terminate(
+            Command::new("nginx")
+                .args(["-c", conf.to_str().unwrap(), "-p", dir.path().to_str().unwrap()])
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
 
-    println!("| request | rancher-metadata req/s | p99 | nginx (same bytes) req/s | p99 | ratio |");
-    println!("|---|---|---|---|---|---|");
-    for (file, path) in paths {
-        for (suffix, accept) in [("json", "application/json"), ("txt", "text/plain")] {
-            let (ours, ours_p99) = wrk(&format!("{base}{path}"), accept);
-            let (ref_rps, ref_p99) = wrk(&format!("http://127.0.0.1:{nginx_port}/{file}.{suffix}"), accept);
+        println!("| request | rancher-metadata req/s | p99 | nginx (same bytes) req/s | p99 | ratio |");
+        println!("|---|---|---|---|---|---|");
+        for (file, path) in paths {
+            for (suffix, accept) in [("json", "application/json"), ("txt", "text/plain")] {
+                let (ours, ours_p99) = wrk(&format!("{base}{path}"), accept);
+                let (ref_rps, ref_p99) = wrk(&format!("http://127.0.0.1:{nginx_port}/{file}.{suffix}"), accept);
+                println!(
+                    "| {path} ({suffix}) | {ours:.0} | {ours_p99} | {ref_rps:.0} | {ref_p99} | {:.2} |",
+                    ours / ref_rps
+                );
+            }
+        }
+        println!(
+            "rancher-metadata RSS: {rss_loaded:.1} MB loaded and idle, {:.1} MB now, {:.1} MB peak under wrk",
+            rss_now_mb(server.id()),
+            rss_mb(server.id())
+        );
+    }
+    if run("propagation") {
+        // Propagation to 10,000 long-polls, as confd's Go client asks (HTTP/1.1, the connection
+        // kept) and as `curl` in a shell loop does (HTTP/1.0, closed after the answer).
+        for keep_alive in [true, false] {
+            let before = metrics_text(admin);
+            let mut all = Vec::new();
+            let (mut server_cpu, mut client_cpu) = (0, 0);
+            for round in 0..ROUNDS {
+                let version = http.get(format!("{base}/latest/version")).send().unwrap().text().unwrap();
+                let client = std::thread::spawn(move || waiters(port, &version, keep_alive));
+                // Let every waiter arrive before the write.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while waiting(admin) < WAITERS && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if let Ok(hook) = std::env::var("CORRAL_BENCH_BEFORE_WRITE") {
+                    // For profiling the wake alone, e.g. `perf record -p $SERVER_PID -o … -- sleep 1 &`.
+                    let _ = Command::new("sh").args(["-c", &hook]).env("SERVER_PID", server.id().to_string()).status();
+                }
+                let cpu = cpu_ns(server.id());
+                let written = Instant::now();
+                let name = format!("bench-{keep_alive}-{round}");
+                rt.block_on(store.put(&event_bus::testkit::fixtures::stack(&name, &name))).unwrap();
+                let (seen, client_ns) = client.join().unwrap();
+                server_cpu += cpu_ns(server.id()) - cpu;
+                client_cpu += client_ns;
+                all.extend(seen.into_iter().map(|t| t - written));
+            }
+            all.sort();
+            let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+            let server = histogram_delta(&before, &metrics_text(admin), "corral_metadata_change_to_answer_seconds");
             println!(
-                "| {path} ({suffix}) | {ours:.0} | {ours_p99} | {ref_rps:.0} | {ref_p99} | {:.2} |",
-                ours / ref_rps
+                "propagation ({}), KV write -> answer read by the client, {WAITERS} waiters x {ROUNDS} rounds: \
+                 first {:?}, p50 {:?}, p99 {:?}, max {:?}; server side, new generation -> answer handed to \
+                 the connection: p50 <= {}, p99 <= {}; CPU from the write to the last answer, per waiter: \
+                 server {:.1} µs, client {:.1} µs",
+                if keep_alive { "HTTP/1.1 keep-alive" } else { "HTTP/1.0 close" },
+                all[0],
+                pct(0.50),
+                pct(0.99),
+                all[all.len() - 1],
+                server(0.50),
+                server(0.99),
+                server_cpu as f64 / (ROUNDS * WAITERS) as f64 / 1e3,
+                client_cpu as f64 / (ROUNDS * WAITERS) as f64 / 1e3,
             );
         }
     }
-    println!(
-        "rancher-metadata RSS: {rss_loaded:.1} MB loaded and idle, {:.1} MB now, {:.1} MB peak under wrk",
-        rss_now_mb(server.id()),
-        rss_mb(server.id())
-    );
-
-    // Propagation to 10,000 long-polls.
-    let mut all = Vec::new();
-    for round in 0..ROUNDS {
-        let delays = rt.block_on(async {
+    println!("rancher-metadata RSS now: {:.1} MB (peak {:.1} MB)", rss_now_mb(server.id()), rss_mb(server.id()));
+    if run("punctuality") {
+        // Punctuality: 10,000 waiters whose value never changes must all return at maxWait (2 s).
+        let lateness = rt.block_on(async {
             let version = reqwest::get(format!("{base}/latest/version")).await.unwrap().text().await.unwrap();
-            let mut tasks = tokio::task::JoinSet::new();
-            // Open the connections a few hundred at a time, as clients arriving over a moment would.
             let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+            let mut tasks = tokio::task::JoinSet::new();
             for _ in 0..WAITERS {
-                let v = version.clone();
-                let gate = gate.clone();
+                let (v, gate) = (version.clone(), gate.clone());
                 tasks.spawn(async move {
                     let permit = gate.acquire_owned().await.unwrap();
                     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-                    let req = format!("GET /latest/version?wait=true&value={v}&maxWait=120 HTTP/1.0\r\n\r\n");
+                    let req = format!("GET /latest/version?wait=true&value={v}&maxWait=2 HTTP/1.0\r\n\r\n");
                     tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.expect("send");
+                    let sent = Instant::now();
                     drop(permit);
                     let mut raw = Vec::new();
                     tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw).await.expect("answer");
-                    Instant::now()
+                    sent.elapsed().as_secs_f64() - 2.0
                 });
             }
-            // Let every waiter arrive before the write.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let m = reqwest::get(format!("http://127.0.0.1:{admin}/metrics")).await.unwrap().text().await.unwrap();
-                let n = m
-                    .lines()
-                    .find_map(|l| l.strip_prefix("corral_metadata_long_polls_waiting "))
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                if n.unwrap_or(0) >= WAITERS || Instant::now() > deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let written = Instant::now();
-            store
-                .put(&event_bus::testkit::fixtures::stack(&format!("bench-{round}"), &format!("bench{round}")))
-                .await
-                .unwrap();
-            let mut d = Vec::with_capacity(WAITERS);
+            let mut l = Vec::with_capacity(WAITERS);
             while let Some(t) = tasks.join_next().await {
-                d.push(t.unwrap() - written);
+                l.push(t.unwrap());
             }
-            d
+            l.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            l
         });
-        all.extend(delays);
+        println!(
+            "maxWait=2 punctuality, {WAITERS} waiters: earliest {:+.1} ms, p50 {:+.1} ms, p99 {:+.1} ms, latest {:+.1} ms (relative to 2 s after the request)",
+            lateness[0] * 1e3,
+            lateness[lateness.len() / 2] * 1e3,
+            lateness[lateness.len() * 99 / 100] * 1e3,
+            lateness[lateness.len() - 1] * 1e3
+        );
     }
-    // Punctuality: 10,000 waiters whose value never changes must all return at maxWait (2 s).
-    let lateness = rt.block_on(async {
-        let version = reqwest::get(format!("{base}/latest/version")).await.unwrap().text().await.unwrap();
-        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..WAITERS {
-            let (v, gate) = (version.clone(), gate.clone());
-            tasks.spawn(async move {
-                let permit = gate.acquire_owned().await.unwrap();
-                let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
-                let req = format!("GET /latest/version?wait=true&value={v}&maxWait=2 HTTP/1.0\r\n\r\n");
-                tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.expect("send");
-                let sent = Instant::now();
-                drop(permit);
-                let mut raw = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut s, &mut raw).await.expect("answer");
-                sent.elapsed().as_secs_f64() - 2.0
-            });
-        }
-        let mut l = Vec::with_capacity(WAITERS);
-        while let Some(t) = tasks.join_next().await {
-            l.push(t.unwrap());
-        }
-        l.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        l
-    });
-    println!(
-        "maxWait=2 punctuality, {WAITERS} waiters: earliest {:+.1} ms, p50 {:+.1} ms, p99 {:+.1} ms, latest {:+.1} ms (relative to 2 s after the request)",
-        lateness[0] * 1e3,
-        lateness[lateness.len() / 2] * 1e3,
-        lateness[lateness.len() * 99 / 100] * 1e3,
-        lateness[lateness.len() - 1] * 1e3
-    );
-
-    all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-    println!(
-        "propagation KV write -> long-poll answer, {WAITERS} waiters x {ROUNDS} rounds: first {:?}, p50 {:?}, p99 {:?}, max {:?}",
-        all[0],
-        pct(0.50),
-        pct(0.99),
-        all[all.len() - 1]
-    );
 }
