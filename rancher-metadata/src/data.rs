@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use event_bus::{Family, Record, Snapshot};
 use serde_json::Value;
 
+use crate::render::{render, Format};
 use crate::tree::{self, Api, Context};
 
 /// Caller entries built so far in one generation, by (API version, caller IP), and their size.
@@ -31,7 +32,7 @@ pub struct RenderKey {
     pub path: Vec<String>,
     /// `/services/<name>` depends on the caller's stack.
     pub prefer_stack: Option<String>,
-    pub format: crate::render::Format,
+    pub format: Format,
 }
 
 /// Rendered answers kept per generation (a few thousand distinct paths at most in practice).
@@ -146,6 +147,11 @@ fn shown(r: &Option<Record>) -> Option<Record> {
     })
 }
 
+fn version_bodies(token: &str) -> [bytes::Bytes; 3] {
+    let v = Value::String(token.to_string());
+    [Format::Text, Format::Json, Format::Yaml].map(|f| bytes::Bytes::from(render(&v, f)))
+}
+
 /// An answers file's entry for `version`; `latest`, when the file has none, is the highest version.
 fn by_version<'a, V>(map: &'a BTreeMap<String, V>, version: &str) -> Option<&'a V> {
     map.get(version).or_else(|| match version {
@@ -162,6 +168,12 @@ pub struct Data {
     pub generation: u64,
     /// The `/version` token (environment version of the last change that altered answers).
     pub token: String,
+    /// `/version` answered in text, JSON and YAML, built once: after a change every long-poller
+    /// asks for it at once, and each of them gets these bytes rather than its own rendering.
+    version_bodies: [bytes::Bytes; 3],
+    /// When this generation started being served (set by `App::publish`); long-poll answers
+    /// measure their delay from here.
+    pub published: std::time::Instant,
     defaults: BTreeMap<String, Arc<Value>>,
     callers: Callers,
 }
@@ -178,6 +190,8 @@ impl Data {
             lazy: None,
             generation: 0,
             token: String::new(),
+            version_bodies: version_bodies(""),
+            published: std::time::Instant::now(),
             defaults: BTreeMap::new(),
             callers: Callers::Static(BTreeMap::new()),
         }
@@ -261,16 +275,27 @@ impl Data {
             rendered: Default::default(),
             lazy: Some(Lazy { snap: snap.clone(), ctx, trees: Default::default() }),
             generation: previous.generation + 1,
+            version_bodies: version_bodies(&token),
+            published: std::time::Instant::now(),
             token,
             defaults: BTreeMap::new(),
             callers: Callers::Snapshot { snap, built: Default::default() },
         })
     }
 
-    /// The `/version` answer of an API version, when it can be given without building its tree
-    /// (state-cache mode, where it is the generation's token).
-    pub fn version_token(&self, version: &str) -> Option<&str> {
-        (self.lazy.is_some() && Api::from_name(version).is_some()).then_some(self.token.as_str())
+    /// The `/version` answer of an API version (the token and its rendering in `format`), when
+    /// it can be given without building its tree (state-cache mode, where it is the generation's
+    /// token).
+    pub fn version_answer(&self, version: &str, format: Format) -> Option<(&str, bytes::Bytes)> {
+        if self.lazy.is_none() || Api::from_name(version).is_none() {
+            return None;
+        }
+        let body = match format {
+            Format::Text => &self.version_bodies[0],
+            Format::Json => &self.version_bodies[1],
+            Format::Yaml => &self.version_bodies[2],
+        };
+        Some((self.token.as_str(), body.clone()))
     }
 
     /// Whether answering `version` needs a tree built first (slow for a big environment: the
@@ -320,6 +345,8 @@ impl Data {
             lazy: None,
             generation,
             token: generation.to_string(),
+            version_bodies: version_bodies(&generation.to_string()),
+            published: std::time::Instant::now(),
             defaults,
             callers: Callers::Static(callers),
         }))

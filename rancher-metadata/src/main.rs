@@ -31,9 +31,25 @@ struct Args {
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9221";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    limit_malloc_arenas();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core) and keeps what is
+/// freed there: each tree is built on whichever blocking-pool thread is free, so every arena
+/// ends up holding the freed remains of some old generation. Two arenas hold the same work
+/// (measured in docs/benchmarks.md, as for rancher-dns).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry =
         telemetry::init("rancher-metadata", args.common.log_format, args.common.log.as_deref().unwrap_or("info"))?;
     let metrics = Metrics::new();

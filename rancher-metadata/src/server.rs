@@ -12,6 +12,7 @@ use axum::response::Response;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -30,8 +31,25 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 struct HttpMetrics {
     requests: Family<Vec<(String, String)>, Counter>,
+    /// The counters of the status codes this server answers, looked up once: after a change,
+    /// thousands of long-polls finish together and each would otherwise build a label set.
+    by_code: Vec<(StatusCode, Counter)>,
     waiting: Gauge,
     generation: Gauge,
+    change_to_answer: Histogram,
+}
+
+impl HttpMetrics {
+    fn count(&self, status: StatusCode) {
+        match self.by_code.iter().find(|(code, _)| *code == status) {
+            Some((_, counter)) => counter.inc(),
+            None => self.requests.get_or_create(&code_label(status)).inc(),
+        };
+    }
+}
+
+fn code_label(status: StatusCode) -> Vec<(String, String)> {
+    vec![("code".into(), status.as_u16().to_string())]
 }
 
 /// Shared state of the server: the answers and who waits for them to change.
@@ -44,8 +62,31 @@ pub struct App {
 
 impl App {
     pub fn new(xff: bool, metrics: &Metrics) -> Arc<App> {
-        let m = HttpMetrics { requests: Family::default(), waiting: Gauge::default(), generation: Gauge::default() };
+        let requests = Family::<Vec<(String, String)>, Counter>::default();
+        let by_code = [
+            StatusCode::OK,
+            StatusCode::MOVED_PERMANENTLY,
+            StatusCode::BAD_REQUEST,
+            StatusCode::NOT_FOUND,
+            StatusCode::URI_TOO_LONG,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ]
+        .into_iter()
+        .map(|code| (code, requests.get_or_create(&code_label(code)).clone()))
+        .collect();
+        let m = HttpMetrics {
+            requests,
+            by_code,
+            waiting: Gauge::default(),
+            generation: Gauge::default(),
+            change_to_answer: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        };
         metrics.register("corral_metadata_requests", "Metadata requests by status code", m.requests.clone());
+        metrics.register(
+            "corral_metadata_change_to_answer_seconds",
+            "From a new generation being served to a long-poll it released being answered (handed to the connection)",
+            m.change_to_answer.clone(),
+        );
         metrics.register(
             "corral_metadata_long_polls_waiting",
             "Long-poll requests waiting for a change",
@@ -63,13 +104,27 @@ impl App {
         self.data.load_full()
     }
 
-    /// Serves `data` from now on and wakes the long-pollers.
-    pub fn publish(&self, data: Data) {
+    /// Serves `data` from now on and wakes the long-pollers. Returns the generation served
+    /// until now (see `settled`).
+    pub fn publish(&self, mut data: Data) -> Arc<Data> {
+        data.published = std::time::Instant::now();
         let g = data.generation;
         tracing::info!(generation = g, version = %data.token, "serving new metadata answers");
-        self.data.store(Arc::new(data));
+        let previous = self.data.swap(Arc::new(data));
         self.metrics.generation.set(g as i64);
         self.generation.send_replace(g);
+        previous
+    }
+
+    /// Waits (at most `limit`) until no request holds `previous` any more but the caller: every
+    /// long-poll parked on it has been woken and answered. Work a change brings besides waking
+    /// them (building the new tree, freeing the old one) waits for this, so that it does not
+    /// take the cores from the answers thousands of waiters are owed.
+    pub async fn settled(previous: &Arc<Data>, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while Arc::strong_count(previous) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -149,8 +204,12 @@ fn parse_query(q: Option<&str>) -> Query {
 }
 
 async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
-    let resp = answer(&app, peer, req).await;
-    app.metrics.requests.get_or_create(&vec![("code".into(), resp.status().as_u16().to_string())]).inc();
+    answer_counted(&app, peer, req).await
+}
+
+async fn answer_counted(app: &App, peer: SocketAddr, req: Request) -> Response {
+    let resp = answer(app, peer, req).await;
+    app.metrics.count(resp.status());
     resp
 }
 
@@ -197,31 +256,45 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
     };
     let ip = client_ip(peer, req.headers(), app.xff);
     let query = parse_query(req.uri().query());
+    // Everything needed is copied out: the request (and the connection's read buffer its head
+    // points into) is freed now, not by each of thousands of waiters when a change releases them.
+    drop(req);
     let mut rx = app.generation.subscribe();
     let deadline = tokio::time::Instant::now() + query.max_wait;
     let long_poll = query.wait && query.value.is_some();
     let _waiting = long_poll.then(|| WaitGuard::new(&app.metrics.waiting));
+    let mut woken = false;
     loop {
         rx.borrow_and_update();
         let data = app.data();
-        if data.needs_build(version) && !is_version_path(rest) {
-            // The first request after a change builds the version's tree; do it where it does
-            // not hold up the async workers (concurrent requests wait on the same build).
-            let (d, v) = (data.clone(), version.clone());
-            let _ = tokio::task::spawn_blocking(move || d.default_tree(&v).is_some()).await;
-        }
-        let outcome = resolve(&data, version, rest, &ip, format, long_poll);
-        let (found, text) = match outcome {
-            Outcome::InvalidVersion if data.generation > 0 => {
-                return response(StatusCode::NOT_FOUND, error_body(404, "Invalid version", format), true)
+        let version_answer = data.version_answer(version, format).filter(|_| is_version_path(rest));
+        // `differs`: the value the long-poll waits on is not the one asked with.
+        let (found, differs) = match version_answer {
+            // `/version` is what every long-poller asks after a change: the same bytes for all.
+            Some((token, body)) => (Some(body), query.value.as_deref() != Some(token)),
+            None => {
+                if data.needs_build(version) && !is_version_path(rest) {
+                    // The first request after a change builds the version's tree; do it where it
+                    // does not hold up the async workers (concurrent requests wait on the same build).
+                    let (d, v) = (data.clone(), version.clone());
+                    let _ = tokio::task::spawn_blocking(move || d.default_tree(&v).is_some()).await;
+                }
+                match resolve(&data, version, rest, &ip, format, long_poll) {
+                    Outcome::InvalidVersion if data.generation > 0 => {
+                        return response(StatusCode::NOT_FOUND, error_body(404, "Invalid version", format), true)
+                    }
+                    Outcome::InvalidVersion | Outcome::Missing => (None, false),
+                    Outcome::Found { body, text } => {
+                        let differs = matches!((&text, &query.value), (Some(t), Some(want)) if t != want);
+                        (Some(body), differs)
+                    }
+                }
             }
-            Outcome::InvalidVersion | Outcome::Missing => (None, None),
-            Outcome::Found { body, text } => (Some(body), text),
         };
-        let done = !long_poll
-            || matches!((&text, &query.value), (Some(t), Some(want)) if t != want)
-            || tokio::time::Instant::now() >= deadline;
-        if done {
+        if !long_poll || differs || tokio::time::Instant::now() >= deadline {
+            if woken && differs {
+                app.metrics.change_to_answer.observe(data.published.elapsed().as_secs_f64());
+            }
             return match found {
                 Some(body) => response(StatusCode::OK, body, false),
                 None => response(StatusCode::NOT_FOUND, error_body(404, "Not found", format), true),
@@ -231,6 +304,7 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
             changed = rx.changed() => if changed.is_err() { return response(StatusCode::SERVICE_UNAVAILABLE, String::new(), true) },
             _ = tokio::time::sleep_until(deadline) => {}
         }
+        woken = true;
     }
 }
 
@@ -251,11 +325,6 @@ enum Outcome {
 /// Looks the path up for one caller and renders it, without copying the tree: answers that do
 /// not depend on the caller are rendered once per generation and then served from a cache.
 fn resolve(data: &Data, version: &str, rest: &[String], ip: &str, format: Format, long_poll: bool) -> Outcome {
-    // `/version` is what every long-poller asks after a change: answer it without the tree.
-    if let (true, Some(token)) = (is_version_path(rest), data.version_token(version)) {
-        let v = Value::String(token.to_string());
-        return Outcome::Found { body: render(&v, format).into(), text: Some(token.to_string()) };
-    }
     let Some(default) = data.default_tree(version) else { return Outcome::InvalidVersion };
     let own = data.caller(version, ip);
     let stack = own.as_deref().and_then(|o| o.pointer("/self/stack/name")).and_then(Value::as_str);
@@ -329,7 +398,6 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, shutdown: i
         .max_header_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let routes = router(app);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -343,8 +411,15 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, shutdown: i
             },
             _ = &mut shutdown => break,
         };
-        let svc =
-            hyper_util::service::TowerToHyperService::new(routes.clone().layer(axum::Extension(ConnectInfo(peer))));
+        // Answers go out whole in one write; Nagle would only hold back the tail of a big one.
+        let _ = stream.set_nodelay(true);
+        // The same handler as `router`'s, called directly: no router, layers or extensions to
+        // build per connection and per request.
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer_counted(&app, peer, req.map(Body::new)).await) }
+        });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

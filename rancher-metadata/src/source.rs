@@ -20,10 +20,9 @@ pub async fn follow_cache(app: Arc<App>, cache: StateCache, local_host: Option<S
         let host = local_host.clone();
         match tokio::task::spawn_blocking(move || Data::from_snapshot(snap, host, &previous)).await {
             Ok(Some(data)) => {
-                app.publish(data);
-                // Build the newest tree now rather than on the first request after the change.
-                let data = app.data();
-                tokio::task::spawn_blocking(move || data.default_tree("latest").is_some());
+                let generation = data.generation;
+                let previous = app.publish(data);
+                tokio::spawn(after_publish(app.clone(), previous, generation));
             }
             Ok(None) => tracing::debug!(version = cache.version(), "state changed, answers did not"),
             Err(e) => tracing::error!(error = %e, "building metadata answers failed"),
@@ -34,10 +33,40 @@ pub async fn follow_cache(app: Arc<App>, cache: StateCache, local_host: Option<S
     }
 }
 
+/// What a new generation brings besides waking the long-pollers, once they have been answered
+/// (a request that needs the tree sooner builds it itself): build the newest tree now rather
+/// than on the first request after the change, and free the previous generation, both off the
+/// async workers.
+async fn after_publish(app: Arc<App>, previous: Arc<Data>, generation: u64) {
+    App::settled(&previous, SETTLE_LIMIT).await;
+    let data = app.data();
+    tokio::task::spawn_blocking(move || {
+        drop(previous);
+        // A newer generation builds its own tree.
+        if data.generation == generation {
+            data.default_tree("latest");
+        }
+        give_back_freed_memory();
+    });
+}
+
+/// A generation's trees and caches are tens of MB freed at once, in pieces glibc keeps for
+/// reuse; most of it would not be reused before the next change, so hand the free pages back.
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// How long background work waits for the long-polls of the previous generation to be answered.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Loads the answers file; on error keeps serving what was loaded before.
 pub fn load_answers(app: &App, path: &Path) -> Result<(), String> {
     match Data::from_answers_file(path, &app.data())? {
-        Some(data) => app.publish(data),
+        Some(data) => drop(app.publish(data)),
         None => tracing::info!(file = %path.display(), "answers file unchanged"),
     }
     Ok(())

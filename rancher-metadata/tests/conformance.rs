@@ -18,6 +18,7 @@ struct Env {
     store: StateStore,
     base: String,
     app: Arc<App>,
+    metrics: Metrics,
     _cache: StateCache,
 }
 
@@ -73,7 +74,7 @@ async fn start() -> Env {
         assert!(Instant::now() < deadline, "answers never loaded");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Env { nats, store, base: format!("http://{addr}"), app, _cache: cache }
+    Env { nats, store, base: format!("http://{addr}"), app, metrics, _cache: cache }
 }
 
 struct Reply {
@@ -312,6 +313,13 @@ async fn long_poll_wakes_on_change_not_on_no_op_writes() {
     assert_eq!(body, v0, "the no-op and invisible writes did not change the version");
     assert_eq!(v_now, v0);
     assert!(took >= Duration::from_secs(2), "the no-op write released the waiter after {took:?}");
+    let released = |env: &Env| {
+        env.metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("corral_metadata_change_to_answer_seconds_count ").map(str::to_string))
+    };
+    assert_eq!(released(&env).as_deref(), Some("0"), "waiters answered at maxWait are not change-released");
 
     // A real change releases the waiter at once with the new version.
     let waiter = long_poll(&env, format!("/latest/version?wait=true&value={v0}&maxWait=30"));
@@ -322,6 +330,7 @@ async fn long_poll_wakes_on_change_not_on_no_op_writes() {
     let (body, took) = waiter.await.unwrap();
     assert_eq!(body, rev.to_string());
     assert!(took < Duration::from_secs(5), "released after {took:?}");
+    assert_eq!(released(&env).as_deref(), Some("1"), "the release is measured server-side");
     assert_eq!(get(&env, WEB1, "/latest/self/service/metadata/greeting", None).await.body, "bonjour");
 
     // Long-poll works on any path: wait for a container's state to change.
