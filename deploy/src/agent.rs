@@ -119,7 +119,6 @@ struct Running {
 }
 
 /// What the agent remembers from one pass to the next.
-#[derive(Default)]
 pub struct Memory {
     /// Containers whose status this agent wrote (it deletes them when they go).
     reported: std::collections::BTreeSet<String>,
@@ -129,11 +128,54 @@ pub struct Memory {
     /// Containers Docker refused to create or start: when to try again, and the delay so far
     /// (1 s doubling to 30 s), so that a port taken by another process is not retried in a loop.
     backoff: HashMap<String, (std::time::Instant, Duration)>,
+    /// Containers being created and started in the background, at most [`CREATE_PARALLEL`] at
+    /// once across passes: a pass hands new containers over and goes on, so containers that
+    /// appear while others are created join the queue at once instead of waiting for a whole
+    /// pass (and its slowest container) to end.
+    creating: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// What finished creations said: (container uuid, created and started).
+    done_tx: Option<tokio::sync::mpsc::UnboundedSender<(String, bool)>>,
+    done_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(String, bool)>>,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        Memory {
+            reported: Default::default(),
+            stopping: Default::default(),
+            backoff: Default::default(),
+            creating: Default::default(),
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(CREATE_PARALLEL)),
+            done_tx: Some(tx),
+            done_rx: Some(rx),
+        }
+    }
 }
 
 impl Memory {
     fn waiting(&self, uuid: &str) -> bool {
         self.backoff.get(uuid).is_some_and(|(at, _)| std::time::Instant::now() < *at)
+    }
+    fn creating(&self, uuid: &str) -> bool {
+        self.creating.lock().is_ok_and(|set| set.contains(uuid))
+    }
+    /// Takes in what background creations finished with.
+    fn collect(&mut self) {
+        let Some(rx) = self.done_rx.as_mut() else { return };
+        let mut done = Vec::new();
+        while let Ok(d) = rx.try_recv() {
+            done.push(d);
+        }
+        for (uuid, ok) in done {
+            self.reported.insert(uuid.clone());
+            if ok {
+                self.backoff.remove(&uuid);
+            } else {
+                self.failed(&uuid);
+            }
+        }
     }
     fn failed(&mut self, uuid: &str) {
         let delay = self.backoff.get(uuid).map(|(_, d)| (*d * 2).min(Duration::from_secs(30)));
@@ -150,6 +192,7 @@ pub async fn reconcile(
     s: &Settings,
     mem: &mut Memory,
 ) -> Result<(), AgentError> {
+    mem.collect();
     let snap = cache.snapshot();
     let assigned: BTreeMap<String, &std::sync::Arc<Container>> = snap
         .containers_on_host(&s.host_uuid)
@@ -167,7 +210,7 @@ pub async fn reconcile(
     }
     // Gone from the assignment: remove.
     for (uuid, r) in &ours {
-        if !assigned.contains_key(uuid) {
+        if !assigned.contains_key(uuid) && !mem.creating(uuid) {
             docker.remove_container(&r.id, Some(RemoveContainerOptionsBuilder::new().force(true).build())).await?;
             tracing::info!(container = %uuid, "removed (no longer assigned here)");
         }
@@ -185,6 +228,10 @@ pub async fn reconcile(
     let mut order: Vec<&std::sync::Arc<Container>> = assigned.values().copied().collect();
     order.sort_by_key(|c| (c.network_from_container_uuid.is_some(), c.create_index));
     for c in order {
+        // Being created in the background: that task reports it.
+        if mem.creating(&c.uuid) {
+            continue;
+        }
         let status = snap.status(&c.uuid);
         let start_count = status.map(|st| st.start_count).unwrap_or(0);
         // Stopped by an upgrade: stop it (kept for a rollback) and never start it again. The
@@ -259,46 +306,47 @@ pub async fn reconcile(
         report(store, &snap, c, &id, "running", count, None, s).await?;
         mem.reported.insert(c.uuid.clone());
     }
-    // New containers, several at a time (Docker takes a while per container, mostly waiting);
-    // containers that join another's network after the ones they join.
-    use futures::StreamExt as _;
-    let (joiners, first): (Vec<_>, Vec<_>) =
-        to_create.into_iter().partition(|c| c.network_from_container_uuid.is_some());
-    for wave in [first, joiners] {
-        let results: Vec<(String, Result<bool, AgentError>)> = futures::stream::iter(wave)
-            .map(|c| {
-                let snap = &snap;
-                async move {
-                    let start_count = snap.status(&c.uuid).map(|st| st.start_count).unwrap_or(0);
-                    // Ok(false): Docker refused; the status says why.
-                    let outcome = async {
-                        let id = match create(docker, snap, c, s).await {
-                            Ok(id) => id,
-                            Err(e) => return failed(store, snap, c, "", start_count, &e, s).await.map(|()| false),
-                        };
-                        if let Err(e) = docker.start_container(&id, None).await {
-                            return failed(store, snap, c, &id, start_count, &e, s).await.map(|()| false);
-                        }
-                        tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
-                        report(store, snap, c, &id, "running", start_count + 1, None, s).await.map(|()| true)
-                    }
-                    .await;
-                    (c.uuid.clone(), outcome)
-                }
-            })
-            .buffer_unordered(CREATE_PARALLEL)
-            .collect()
-            .await;
-        for (uuid, outcome) in results {
-            mem.reported.insert(uuid.clone());
-            match outcome? {
-                true => mem.backoff.remove(&uuid),
-                false => {
-                    mem.failed(&uuid);
-                    None
-                }
-            };
+    // New containers, in the background, several at a time (Docker takes a while per container,
+    // mostly waiting). A container that joins another's network waits until that one runs.
+    for c in to_create {
+        if let Some(target) = &c.network_from_container_uuid {
+            if !ours.get(target).is_some_and(|r| r.running) {
+                continue;
+            }
         }
+        let Some(done) = mem.done_tx.clone() else { continue };
+        if let Ok(mut set) = mem.creating.lock() {
+            set.insert(c.uuid.clone());
+        }
+        let (docker, store, snap, c, s) = (docker.clone(), store.clone(), snap.clone(), c.clone(), s.clone());
+        let (slots, creating) = (mem.slots.clone(), mem.creating.clone());
+        tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let start_count = snap.status(&c.uuid).map(|st| st.start_count).unwrap_or(0);
+            // Ok(false): Docker refused; the status says why.
+            let outcome = async {
+                let id = match create(&docker, &snap, &c, &s).await {
+                    Ok(id) => id,
+                    Err(e) => return failed(&store, &snap, &c, "", start_count, &e, &s).await.map(|()| false),
+                };
+                if let Err(e) = docker.start_container(&id, None).await {
+                    return failed(&store, &snap, &c, &id, start_count, &e, &s).await.map(|()| false);
+                }
+                tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
+                report(&store, &snap, &c, &id, "running", start_count + 1, None, &s).await.map(|()| true)
+            }
+            .await;
+            // A status write that failed (NATS away) is made by a later pass, which finds the
+            // container in Docker.
+            let ok = outcome.unwrap_or_else(|e| {
+                tracing::warn!(container = %c.name, error = %e, "could not report the new container");
+                true
+            });
+            if let Ok(mut set) = creating.lock() {
+                set.remove(&c.uuid);
+            }
+            let _ = done.send((c.uuid.clone(), ok));
+        });
     }
     Ok(())
 }
@@ -341,7 +389,7 @@ async fn failed(
     c: &Container,
     id: &str,
     start_count: u64,
-    error: &dyn std::fmt::Display,
+    error: &(dyn std::fmt::Display + Sync),
     s: &Settings,
 ) -> Result<(), AgentError> {
     tracing::warn!(container = %c.name, %error, "cannot run the container");
