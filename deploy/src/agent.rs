@@ -308,6 +308,7 @@ pub async fn reconcile(
     }
     // New containers, in the background, several at a time (Docker takes a while per container,
     // mostly waiting). A container that joins another's network waits until that one runs.
+    let mut handed = 0;
     for c in to_create {
         if let Some(target) = &c.network_from_container_uuid {
             if !ours.get(target).is_some_and(|r| r.running) {
@@ -347,6 +348,11 @@ pub async fn reconcile(
             }
             let _ = done.send((c.uuid.clone(), ok));
         });
+        handed += 1;
+    }
+    if handed > 0 {
+        // The moment the assignment reached this host (`scripts/bench/deploy-docker` splits at it).
+        tracing::info!(containers = handed, "new containers to create");
     }
     Ok(())
 }
