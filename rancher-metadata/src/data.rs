@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use event_bus::{Family, Record, Snapshot};
 use serde_json::Value;
 
+use crate::node::{Interner, Node};
 use crate::render::{render, Format};
 use crate::tree::{self, Api, Context};
 
 /// Caller entries built so far in one generation, by (API version, caller IP), and their size.
 #[derive(Default)]
 struct CallerCache {
-    entries: HashMap<(Api, String), Option<Arc<Value>>>,
+    entries: HashMap<(Api, String), Option<Node>>,
     bytes: usize,
 }
 type Built = Mutex<CallerCache>;
@@ -22,7 +23,7 @@ type Built = Mutex<CallerCache>;
 /// Per-caller entries: built on demand from a snapshot, or given by an answers file.
 enum Callers {
     Snapshot { snap: Arc<Snapshot>, built: Built },
-    Static(BTreeMap<String, BTreeMap<String, Arc<Value>>>),
+    Static(BTreeMap<String, BTreeMap<String, Node>>),
 }
 
 /// What identifies a rendered answer that does not depend on the caller.
@@ -50,11 +51,11 @@ struct RenderCache {
 struct Lazy {
     snap: Arc<Snapshot>,
     ctx: Context,
-    trees: [OnceLock<Arc<Value>>; 3],
+    trees: [OnceLock<Node>; 3],
 }
 
 impl Lazy {
-    fn slot(&self, api: Api) -> &OnceLock<Arc<Value>> {
+    fn slot(&self, api: Api) -> &OnceLock<Node> {
         match api {
             Api::V1 => &self.trees[0],
             Api::V2 => &self.trees[1],
@@ -62,8 +63,8 @@ impl Lazy {
         }
     }
 
-    fn tree(&self, api: Api) -> &Arc<Value> {
-        self.slot(api).get_or_init(|| Arc::new(tree::default_tree(&self.snap, api, &self.ctx)))
+    fn tree(&self, api: Api) -> &Node {
+        self.slot(api).get_or_init(|| tree::default_tree(&self.snap, api, &self.ctx))
     }
 }
 
@@ -148,7 +149,7 @@ fn shown(r: &Option<Record>) -> Option<Record> {
 }
 
 fn version_bodies(token: &str) -> [bytes::Bytes; 3] {
-    let v = Value::String(token.to_string());
+    let v = Node::String(token.into());
     [Format::Text, Format::Json, Format::Yaml].map(|f| bytes::Bytes::from(render(&v, f)))
 }
 
@@ -174,7 +175,7 @@ pub struct Data {
     /// When this generation started being served (set by `App::publish`); long-poll answers
     /// measure their delay from here.
     pub published: std::time::Instant,
-    defaults: BTreeMap<String, Arc<Value>>,
+    defaults: BTreeMap<String, Node>,
     callers: Callers,
 }
 
@@ -224,7 +225,7 @@ impl Data {
     }
 
     /// The shared tree of a version; `latest` falls back to the highest version name.
-    pub fn default_tree(&self, version: &str) -> Option<&Arc<Value>> {
+    pub fn default_tree(&self, version: &str) -> Option<&Node> {
         if let Some(lazy) = &self.lazy {
             return Api::from_name(version).map(|api| lazy.tree(api));
         }
@@ -232,7 +233,7 @@ impl Data {
     }
 
     /// The caller's own entry under `version` (a map), if it has one.
-    pub fn caller(&self, version: &str, ip: &str) -> Option<Arc<Value>> {
+    pub fn caller(&self, version: &str, ip: &str) -> Option<Node> {
         match &self.callers {
             Callers::Static(entries) => {
                 let entries = by_version(entries, version)?;
@@ -244,11 +245,11 @@ impl Data {
                 if let Some(hit) = built.lock().expect("caller cache poisoned").entries.get(&key) {
                     return hit.clone();
                 }
-                let entry = tree::self_tree(snap, api, ip).map(|s| Arc::new(serde_json::json!({ "self": s })));
+                let entry = tree::self_tree(snap, api, ip).map(|s| Node::object(vec![("self".into(), s)]));
                 // Only known containers are cached (an unknown or forged X-Forwarded-For value
                 // must not fill memory), and the cache is bounded by the size of its entries.
                 if let Some(e) = &entry {
-                    let size = serde_json::to_vec(e.as_ref()).map(|b| b.len()).unwrap_or(usize::MAX);
+                    let size = serde_json::to_vec(e).map(|b| b.len()).unwrap_or(usize::MAX);
                     let mut cache = built.lock().expect("caller cache poisoned");
                     if cache.bytes + size <= MAX_CACHED_CALLER_BYTES {
                         cache.bytes += size;
@@ -316,7 +317,8 @@ impl Data {
             return Err(format!("{}: expected a map of version → client → tree", path.display()));
         };
         let mut defaults = BTreeMap::new();
-        let mut callers: BTreeMap<String, BTreeMap<String, Arc<Value>>> = BTreeMap::new();
+        let mut callers: BTreeMap<String, BTreeMap<String, Node>> = BTreeMap::new();
+        let mut strings = Interner::default();
         for (version, clients) in versions {
             let Value::Object(clients) = clients else {
                 return Err(format!(
@@ -324,15 +326,16 @@ impl Data {
                     path.display()
                 ));
             };
-            for (client, mut tree) in clients {
-                tree::sort_keys(&mut tree);
+            for (client, tree) in clients {
+                // Nodes keep their maps' keys sorted, as the original rendered them.
+                let tree = Node::from_value(&tree, &mut strings);
                 if client == "default" {
-                    defaults.insert(version.clone(), Arc::new(tree));
+                    defaults.insert(version.clone(), tree);
                 } else {
-                    callers.entry(version.clone()).or_default().insert(client, Arc::new(tree));
+                    callers.entry(version.clone()).or_default().insert(client, tree);
                 }
             }
-            defaults.entry(version.clone()).or_insert_with(|| Arc::new(Value::Object(Default::default())));
+            defaults.entry(version.clone()).or_insert_with(|| Node::object(Vec::new()));
         }
         if let Callers::Static(prev) = &previous.callers {
             if defaults == previous.defaults && &callers == prev {

@@ -2,6 +2,7 @@
 //!
 //! - [`tree`]: the metadata objects and trees of each API version, from a state snapshot;
 //! - [`lookup`]: walking a caller's view by path;
+//! - [`node`]: the shared, immutable values the trees are made of;
 //! - [`render`]: text, JSON and YAML as the original rendered them;
 //! - [`data`]: one generation of answers (from the state cache or an answers file);
 //! - [`source`]: keeping the answers current;
@@ -9,6 +10,7 @@
 
 pub mod data;
 pub mod lookup;
+pub mod node;
 pub mod render;
 pub mod server;
 pub mod source;

@@ -1,7 +1,7 @@
 //! Rendering a metadata value as the original did: text (the format shell scripts and old confd
 //! templates read), JSON (compact, sorted keys, no trailing newline) or YAML.
 
-use serde_json::Value;
+use crate::node::Node;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -66,7 +66,7 @@ impl Format {
     }
 }
 
-pub fn render(v: &Value, format: Format) -> String {
+pub fn render(v: &Node, format: Format) -> String {
     match format {
         Format::Json => serde_json::to_string(v).expect("JSON values always serialize"),
         Format::Yaml => serde_norway::to_string(v).unwrap_or_default(),
@@ -74,17 +74,7 @@ pub fn render(v: &Value, format: Format) -> String {
     }
 }
 
-/// Renders a map given as borrowed entries (the merged root of a caller's view), without
-/// copying the values.
-pub fn render_entries(entries: &std::collections::BTreeMap<&str, &Value>, format: Format) -> String {
-    match format {
-        Format::Json => serde_json::to_string(entries).expect("JSON values always serialize"),
-        Format::Yaml => serde_norway::to_string(entries).unwrap_or_default(),
-        Format::Text => text_map(entries.iter().map(|(k, v)| (*k, *v))),
-    }
-}
-
-fn text_map<'a>(entries: impl Iterator<Item = (&'a str, &'a Value)>) -> String {
+fn text_map<'a>(entries: impl Iterator<Item = (&'a str, &'a Node)>) -> String {
     let mut lines: Vec<String> = entries
         .map(|(k, v)| {
             let slash = if v.is_object() || v.is_array() { "/" } else { "" };
@@ -105,12 +95,12 @@ pub fn error_body(code: u16, message: &str, format: Format) -> String {
 }
 
 /// Go's `%v` of a scalar, which is also what long-poll compares.
-pub fn scalar_text(v: &Value) -> String {
+pub fn scalar_text(v: &Node) -> String {
     match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        Node::Null => String::new(),
+        Node::String(s) => s.to_string(),
+        Node::Bool(b) => b.to_string(),
+        Node::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
             (Some(i), _, _) => i.to_string(),
             (_, Some(u), _) => u.to_string(),
             (_, _, Some(f)) => {
@@ -123,18 +113,18 @@ pub fn scalar_text(v: &Value) -> String {
     }
 }
 
-fn text(v: &Value) -> String {
+fn text(v: &Node) -> String {
     match v {
-        Value::Object(m) => text_map(m.iter().map(|(k, v)| (k.as_str(), v))),
-        Value::Array(a) => a
+        Node::Object(m) => text_map(m.iter().map(|(k, v)| (k.as_ref(), v))),
+        Node::Array(a) => a
             .iter()
             .enumerate()
             .map(|(i, v)| match v {
-                Value::Object(m) => match m.get("name").or_else(|| m.get("uuid")) {
+                Node::Object(_) => match v.get("name").or_else(|| v.get("uuid")) {
                     Some(n) => format!("{i}={}\n", query_escape(&scalar_text(n))),
                     None => format!("{i}/\n"),
                 },
-                Value::Array(_) => format!("{i}/\n"),
+                Node::Array(_) => format!("{i}/\n"),
                 _ => format!("{i}\n"),
             })
             .collect(),
@@ -184,7 +174,13 @@ pub fn query_unescape(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    /// Trees in tests, written as JSON.
+    macro_rules! json {
+        ($($t:tt)+) => {
+            Node::from(serde_json::json!($($t)+))
+        };
+    }
 
     #[test]
     fn text_rendering_follows_the_original() {
@@ -211,7 +207,7 @@ mod tests {
         assert_eq!(render(&json!({"a": [1, null]}), Format::Json), r#"{"a":[1,null]}"#);
         assert_eq!(render(&json!("v"), Format::Json), r#""v""#);
         let e: serde_json::Value = serde_json::from_str(&error_body(404, "Not found", Format::Json)).unwrap();
-        assert_eq!(e, json!({"code": 404, "message": "Not found", "type": "error"}));
+        assert_eq!(e, serde_json::json!({"code": 404, "message": "Not found", "type": "error"}));
         assert_eq!(error_body(404, "Not found", Format::Text), "Not found\n");
     }
 

@@ -13,11 +13,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::data::Data;
 use crate::lookup::View;
+use crate::node::Node;
 use crate::render::{error_body, query_unescape, render, scalar_text, Format};
 use event_bus::runtime::metrics::Metrics;
 
@@ -251,9 +251,12 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
     }
     let Some((version, rest)) = segments.split_first() else {
         let data = app.data();
-        let versions: serde_json::Map<String, Value> =
-            data.version_names().into_iter().map(|v| (v.clone(), Value::String(format!("/{v}")))).collect();
-        return response(StatusCode::OK, render(&Value::Object(versions), format), false);
+        let versions = data
+            .version_names()
+            .into_iter()
+            .map(|v| (v.as_str().into(), Node::String(format!("/{v}").into())))
+            .collect();
+        return response(StatusCode::OK, render(&Node::object(versions), format), false);
     };
     let ip = client_ip(peer, req.headers(), app.xff);
     let query = parse_query(req.uri().query());
@@ -328,11 +331,11 @@ enum Outcome {
 fn resolve(data: &Data, version: &str, rest: &[String], ip: &str, format: Format, long_poll: bool) -> Outcome {
     let Some(default) = data.default_tree(version) else { return Outcome::InvalidVersion };
     let own = data.caller(version, ip);
-    let stack = own.as_deref().and_then(|o| o.pointer("/self/stack/name")).and_then(Value::as_str);
+    let stack = own.as_ref().and_then(|o| o.get("self")?.get("stack")?.get("name")).and_then(Node::as_str);
     // An answer is the same for every caller when the caller's own entry does not hold its
     // top-level key (in either case: lookups retry lowercased).
     let shared = rest.first().is_some_and(|first| {
-        own.as_deref().is_none_or(|o| o.get(first.as_str()).is_none() && o.get(first.to_lowercase().as_str()).is_none())
+        own.as_ref().is_none_or(|o| o.get(first.as_str()).is_none() && o.get(first.to_lowercase().as_str()).is_none())
     });
     let key = shared.then(|| crate::data::RenderKey {
         version: version.to_string(),
@@ -345,15 +348,14 @@ fn resolve(data: &Data, version: &str, rest: &[String], ip: &str, format: Format
     if let Some(hit) = key.as_ref().and_then(|k| data.rendered(k)).filter(|_| !long_poll) {
         return Outcome::Found { body: hit, text: None };
     }
-    let view = View { own: own.as_deref(), default, prefer_stack: stack };
+    let view = View { own: own.as_ref(), default, prefer_stack: stack };
+    let Some(found) = view.get(rest) else { return Outcome::Missing };
     if rest.is_empty() {
-        // The whole environment under the version: render it from borrowed parts.
-        let entries = view.root_entries();
-        let body = bytes::Bytes::from(crate::render::render_entries(&entries, format));
-        let text = long_poll.then(|| crate::render::render_entries(&entries, Format::Text));
+        // The whole environment under the version (long-poll compares its text listing).
+        let body = bytes::Bytes::from(render(&found, format));
+        let text = long_poll.then(|| render(&found, Format::Text));
         return Outcome::Found { body, text };
     }
-    let Some(found) = view.get(rest) else { return Outcome::Missing };
     let body = bytes::Bytes::from(render(&found, format));
     if let Some(k) = key {
         data.remember(k, body.clone());
@@ -473,8 +475,9 @@ mod robustness {
 
     #[test]
     fn random_paths_queries_and_headers_never_panic() {
-        let tree =
-            serde_json::json!({"services": [{"name": "web", "uuid": "u", "stack_name": "a"}], "self": {"host": {}}});
+        let tree = Node::from(
+            serde_json::json!({"services": [{"name": "web", "uuid": "u", "stack_name": "a"}], "self": {"host": {}}}),
+        );
         let alphabet = b"/%.+?&=aZ09-_~ \x00\xff\\*>";
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         for _ in 0..50_000 {

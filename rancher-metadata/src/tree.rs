@@ -6,11 +6,15 @@
 //! fields Rancher served are emitted: unknown fields of the model never reach callers, and the
 //! service `token` only appears in a container's own `/self/service`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use event_bus::model::{Container, HealthCheck, Host, LbConfig, Service};
 use event_bus::Snapshot;
 use serde_json::{json, Map, Value};
+
+use crate::node::{Interner, Node};
 
 /// The API versions the original served; `latest` is the newest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -103,38 +107,52 @@ pub fn known_lb_config(l: &LbConfig) -> LbConfig {
     l
 }
 
-/// Sorts every map's keys, recursively (the original's JSON had sorted keys).
-pub fn sort_keys(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.sort_keys();
-            m.values_mut().for_each(sort_keys);
-        }
-        Value::Array(a) => a.iter_mut().for_each(sort_keys),
-        _ => {}
-    }
-}
-
 /// The launch config a container was made from, as (service entry name, is primary).
 fn launch_config_name(svc: &Service, c: &Container) -> String {
     c.launch_config_name.clone().unwrap_or_else(|| svc.name.clone())
 }
 
+/// Builds the nodes of one tree (or one caller's `self`). Each container's node is built once and
+/// shared by every list that shows it; strings are interned for the tree's lifetime.
 struct Builder<'a> {
     snap: &'a Snapshot,
     api: Api,
     env_name: String,
     env_uuid: String,
+    strings: RefCell<Interner>,
+    containers: RefCell<HashMap<String, Node>>,
 }
 
 impl<'a> Builder<'a> {
     fn new(snap: &'a Snapshot, api: Api) -> Self {
         let (env_name, env_uuid) =
             snap.environment().map(|e| (e.name.to_lowercase(), e.uuid.clone())).unwrap_or_default();
-        Builder { snap, api, env_name, env_uuid }
+        Builder { snap, api, env_name, env_uuid, strings: Default::default(), containers: Default::default() }
     }
 
-    fn container(&self, c: &Container) -> Value {
+    fn node(&self, v: &Value) -> Node {
+        Node::from_value(v, &mut self.strings.borrow_mut())
+    }
+
+    /// A map node from `m`'s entries and `children` that are nodes already (shared, not copied).
+    fn obj(&self, m: Map<String, Value>, children: Vec<(&str, Node)>) -> Node {
+        let mut strings = self.strings.borrow_mut();
+        let mut entries: Vec<_> = m.iter().map(|(k, v)| (strings.get(k), Node::from_value(v, &mut strings))).collect();
+        entries.extend(children.into_iter().map(|(k, v)| (strings.get(k), v)));
+        Node::object(entries)
+    }
+
+    /// A container's node, built on first use (it depends on the container alone).
+    fn container(&self, c: &Container) -> Node {
+        if let Some(n) = self.containers.borrow().get(&c.uuid) {
+            return n.clone();
+        }
+        let n = self.build_container(c);
+        self.containers.borrow_mut().insert(c.uuid.clone(), n.clone());
+        n
+    }
+
+    fn build_container(&self, c: &Container) -> Node {
         let api = self.api;
         let svc = c.service_uuid.as_deref().and_then(|id| self.snap.service(id));
         let stack = c.stack_uuid.as_deref().and_then(|id| self.snap.stack(id));
@@ -179,7 +197,7 @@ impl<'a> Builder<'a> {
         m.insert("service_uuid".into(), opt(&c.service_uuid));
         m.insert("stack_name".into(), stack.map(|s| name(api, &s.name)).unwrap_or(Value::Null));
         m.insert("stack_uuid".into(), opt(&c.stack_uuid));
-        Value::Object(m)
+        self.obj(m, Vec::new())
     }
 
     /// Containers of one launch config of a service, by create index then name.
@@ -195,7 +213,7 @@ impl<'a> Builder<'a> {
     }
 
     /// One entry per launch config: the primary, then its sidekicks (same uuid, own name).
-    fn service_entries(&self, svc: &Service, with_token: bool) -> Vec<Value> {
+    fn service_entries(&self, svc: &Service, with_token: bool) -> Vec<Node> {
         let api = self.api;
         let stack = self.snap.stack(&svc.stack_uuid);
         let mut out = Vec::new();
@@ -218,14 +236,11 @@ impl<'a> Builder<'a> {
             m.insert("kind".into(), to_value(&svc.kind));
             m.insert("scale".into(), opt(&svc.scale));
             m.insert("create_index".into(), opt(&svc.create_index));
-            m.insert(
-                "containers".into(),
-                if api.objects() {
-                    Value::Array(containers.iter().map(|c| self.container(c)).collect())
-                } else {
-                    Value::Array(containers.iter().map(|c| name(api, &c.name)).collect())
-                },
-            );
+            let containers = if api.objects() {
+                Node::array(containers.iter().map(|c| self.container(c)).collect())
+            } else {
+                self.node(&Value::Array(containers.iter().map(|c| name(api, &c.name)).collect()))
+            };
             let sidekicks: Vec<Value> = if lc_name.is_none() {
                 svc.secondary_launch_configs.iter().filter_map(|l| l.name.as_deref()).map(|n| name(api, n)).collect()
             } else {
@@ -254,7 +269,7 @@ impl<'a> Builder<'a> {
             m.insert("environment_uuid".into(), json!(self.env_uuid));
             let token = if with_token { opt(&svc.token) } else { Value::Null };
             m.insert("token".into(), token);
-            out.push(Value::Object(m));
+            out.push(self.obj(m, vec![("containers", containers)]));
         }
         out
     }
@@ -270,14 +285,14 @@ impl<'a> Builder<'a> {
         v
     }
 
-    fn stack(&self, st: &event_bus::model::Stack) -> Value {
+    fn stack(&self, st: &event_bus::model::Stack) -> Node {
         let services =
             self.sorted_services(Some(&st.uuid)).iter().flat_map(|s| self.service_entries(s, false)).collect();
         self.stack_with(st, services)
     }
 
     /// A stack object around its service entries (already built, in order).
-    fn stack_with(&self, st: &event_bus::model::Stack, services: Vec<Value>) -> Value {
+    fn stack_with(&self, st: &event_bus::model::Stack, services: Vec<Node>) -> Node {
         let api = self.api;
         let mut m = Map::new();
         m.insert("name".into(), name(api, &st.name));
@@ -285,18 +300,15 @@ impl<'a> Builder<'a> {
         m.insert("environment_name".into(), json!(self.env_name));
         m.insert("environment_uuid".into(), json!(self.env_uuid));
         m.insert("system".into(), json!(st.system));
-        m.insert(
-            "services".into(),
-            if api.objects() {
-                Value::Array(services)
-            } else {
-                Value::Array(services.iter().map(|s| s["name"].clone()).collect())
-            },
-        );
-        Value::Object(m)
+        let services = if api.objects() {
+            Node::array(services)
+        } else {
+            Node::array(services.iter().map(|s| s.get("name").cloned().unwrap_or(Node::Null)).collect())
+        };
+        self.obj(m, vec![("services", services)])
     }
 
-    fn host(&self, h: &Host, index: usize) -> Value {
+    fn host(&self, h: &Host, index: usize) -> Node {
         let mut m = Map::new();
         m.insert("name".into(), json!(if h.name.is_empty() { &h.hostname } else { &h.name }));
         m.insert("hostname".into(), json!(h.hostname));
@@ -313,7 +325,7 @@ impl<'a> Builder<'a> {
             // Rancher's numeric database id; ours is the host's position in name order, from 1.
             m.insert("hostId".into(), json!(index + 1));
         }
-        Value::Object(m)
+        self.obj(m, Vec::new())
     }
 
     fn sorted_hosts(&self) -> Vec<Arc<Host>> {
@@ -322,13 +334,13 @@ impl<'a> Builder<'a> {
         v
     }
 
-    fn host_value(&self, uuid: &str) -> Option<Value> {
+    fn host_value(&self, uuid: &str) -> Option<Node> {
         let hosts = self.sorted_hosts();
         hosts.iter().position(|h| h.uuid == uuid).map(|i| self.host(&hosts[i], i))
     }
 
-    fn network(&self) -> Value {
-        json!({
+    fn network(&self) -> Node {
+        self.node(&json!({
             "name": "managed",
             "uuid": format!("{}-managed", if self.env_uuid.is_empty() { "corral" } else { &self.env_uuid }),
             "environment_uuid": self.env_uuid,
@@ -337,18 +349,19 @@ impl<'a> Builder<'a> {
             "metadata": {},
             "default_policy_action": "allow",
             "policy": [],
-        })
+        }))
     }
 }
 
 /// The shared tree of one API version: everything but `self` (which only holds the local host).
-pub fn default_tree(snap: &Snapshot, api: Api, ctx: &Context) -> Value {
+pub fn default_tree(snap: &Snapshot, api: Api, ctx: &Context) -> Node {
     let b = Builder::new(snap, api);
     let mut containers: Vec<Arc<Container>> = snap.containers().cloned().collect();
     containers.sort_by(|a, b| (a.name.to_lowercase(), &a.uuid).cmp(&(b.name.to_lowercase(), &b.uuid)));
-    // Each service's entries are built once: the top-level list and its stack's list share them.
-    let mut by_stack: std::collections::HashMap<String, Vec<Value>> = Default::default();
-    let mut services: Vec<Value> = Vec::new();
+    // Each service's entries are built once: the top-level list and its stack's list share them
+    // (and the entries share their containers with the top-level `containers`).
+    let mut by_stack: HashMap<String, Vec<Node>> = Default::default();
+    let mut services: Vec<Node> = Vec::new();
     for svc in b.sorted_services(None) {
         let entries = b.service_entries(&svc, false);
         by_stack.entry(svc.stack_uuid.clone()).or_default().extend(entries.iter().cloned());
@@ -358,14 +371,6 @@ pub fn default_tree(snap: &Snapshot, api: Api, ctx: &Context) -> Value {
     stacks.sort_by(|a, b| (a.name.to_lowercase(), &a.uuid).cmp(&(b.name.to_lowercase(), &b.uuid)));
     let hosts = b.sorted_hosts();
     let mut root = Map::new();
-    root.insert("containers".into(), Value::Array(containers.iter().map(|c| b.container(c)).collect()));
-    root.insert("services".into(), Value::Array(services));
-    root.insert(
-        "stacks".into(),
-        Value::Array(stacks.iter().map(|s| b.stack_with(s, by_stack.remove(&s.uuid).unwrap_or_default())).collect()),
-    );
-    root.insert("hosts".into(), Value::Array(hosts.iter().enumerate().map(|(i, h)| b.host(h, i)).collect()));
-    root.insert("networks".into(), json!([b.network()]));
     root.insert("name".into(), json!(b.env_name));
     root.insert("uuid".into(), json!(b.env_uuid));
     root.insert("region_name".into(), json!(snap.environment().map(|e| e.region_name.clone()).unwrap_or_default()));
@@ -373,41 +378,46 @@ pub fn default_tree(snap: &Snapshot, api: Api, ctx: &Context) -> Value {
     if api == Api::V3 {
         root.insert("environments".into(), json!([]));
     }
-    let mut self_map = Map::new();
+    let mut self_map = Vec::new();
     if let Some(h) = ctx.local_host_uuid.as_deref().and_then(|u| b.host_value(u)) {
-        self_map.insert("host".into(), h);
+        self_map.push((b.strings.borrow_mut().get("host"), h));
     }
-    root.insert("self".into(), Value::Object(self_map));
-    let mut v = Value::Object(root);
-    sort_keys(&mut v);
-    v
+    let children = vec![
+        ("containers", Node::array(containers.iter().map(|c| b.container(c)).collect())),
+        ("services", Node::array(services)),
+        (
+            "stacks",
+            Node::array(stacks.iter().map(|s| b.stack_with(s, by_stack.remove(&s.uuid).unwrap_or_default())).collect()),
+        ),
+        ("hosts", Node::array(hosts.iter().enumerate().map(|(i, h)| b.host(h, i)).collect())),
+        ("networks", Node::array(vec![b.network()])),
+        ("self", Node::object(self_map)),
+    ];
+    b.obj(root, children)
 }
 
 /// The `self` subtree for a caller at `ip`, or `None` when no container has that IP.
-pub fn self_tree(snap: &Snapshot, api: Api, ip: &str) -> Option<Value> {
+pub fn self_tree(snap: &Snapshot, api: Api, ip: &str) -> Option<Node> {
     let c = snap.container_by_ip(ip)?;
     let b = Builder::new(snap, api);
-    let mut m = Map::new();
-    m.insert("container".into(), b.container(c));
+    let mut children = vec![("container", b.container(c))];
     if let Some(svc) = c.service_uuid.as_deref().and_then(|id| snap.service(id)) {
         let entry_name = launch_config_name(svc, c);
         let own = b
             .service_entries(svc, true)
             .into_iter()
-            .find(|e| e["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(&entry_name)));
+            .find(|e| e.get("name").and_then(Node::as_str).is_some_and(|n| n.eq_ignore_ascii_case(&entry_name)));
         if let Some(own) = own {
-            m.insert("service".into(), own);
+            children.push(("service", own));
         }
     }
     if let Some(st) = c.stack_uuid.as_deref().and_then(|id| snap.stack(id)) {
-        m.insert("stack".into(), b.stack(st));
+        children.push(("stack", b.stack(st)));
     }
     if let Some(h) = c.host_uuid.as_deref().and_then(|u| b.host_value(u)) {
-        m.insert("host".into(), h);
+        children.push(("host", h));
     }
-    let mut v = Value::Object(m);
-    sort_keys(&mut v);
-    Some(v)
+    Some(b.obj(Map::new(), children))
 }
 
 #[cfg(test)]
