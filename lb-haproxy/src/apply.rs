@@ -89,15 +89,8 @@ pub fn membership_ops(live: &Live, desired: &BTreeMap<String, BackendServers>) -
 }
 
 /// The families a load balancer's configuration is rendered from.
-const INPUTS: &[Family] = &[
-    Family::Stack,
-    Family::Service,
-    Family::Container,
-    Family::Status,
-    Family::Health,
-    Family::Certificate,
-    Family::Host,
-];
+const INPUTS: &[Family] =
+    &[Family::Stack, Family::Service, Family::Container, Family::Status, Family::Health, Family::Certificate];
 
 /// What `/readyz` reports.
 #[derive(Debug, Clone, Default)]
@@ -119,6 +112,9 @@ pub struct Controller {
     refused: Option<String>,
     warned: Vec<String>,
     retry: bool,
+    /// A refusal that depends on the host, not the state (a port another process holds): when
+    /// to look again, and the delay so far (1 s doubling to 30 s).
+    recheck: Option<(Instant, Duration)>,
     metrics: LbMetrics,
     events: Option<Events>,
     reporter: Option<Reporter>,
@@ -138,6 +134,7 @@ impl Controller {
             refused: None,
             warned: Vec::new(),
             retry: false,
+            recheck: None,
             metrics,
             events,
             reporter: None,
@@ -191,6 +188,9 @@ impl Controller {
                             break None;
                         }
                         self.delete_pending().await;
+                        if self.recheck.is_some_and(|(at, _)| Instant::now() >= at) {
+                            self.retry = true;
+                        }
                         if self.retry {
                             break Some(true);
                         }
@@ -207,11 +207,13 @@ impl Controller {
             }
         };
         self.set_status(false, Some("shutting down".into()));
-        if let Some(h) = self.haproxy.take() {
-            h.stop(Duration::from_secs(10)).await;
-        }
+        // The status goes first: HAProxy's drain can take the whole stop timeout, after which
+        // a supervisor kills us, and the instance is leaving either way.
         if let Some(r) = self.reporter.take() {
             r.stop().await;
+        }
+        if let Some(h) = self.haproxy.take() {
+            h.stop(Duration::from_secs(10)).await;
         }
         result
     }
@@ -255,6 +257,7 @@ impl Controller {
         self.warned = rendered.warnings.clone();
         match self.apply(&lb, rendered, started).await {
             Ok(()) => {
+                self.recheck = None;
                 if self.refused.take().is_some() {
                     tracing::info!(service = %self.service, "configuration accepted again");
                     self.metrics.refused_now.set(0);
@@ -288,6 +291,14 @@ impl Controller {
 
     fn refuse(&mut self, lb: &Service, e: ConfigError) {
         let msg = e.to_string();
+        // Nothing in the state changes when the other process lets the port go: look again.
+        if matches!(e, ConfigError::PortInUse { .. }) {
+            let delay =
+                self.recheck.map(|(_, d)| (d * 2).min(Duration::from_secs(30))).unwrap_or(Duration::from_secs(1));
+            self.recheck = Some((Instant::now() + delay, delay));
+        } else {
+            self.recheck = None;
+        }
         if self.refused.as_deref() == Some(msg.as_str()) {
             return;
         }
@@ -545,8 +556,8 @@ async fn expect(h: &Haproxy, cmd: &str, ok: impl Fn(&str) -> bool) -> Result<Str
     }
 }
 
-/// After each `[haproxy.cfg:N]` HAProxy names, the line itself: the user wrote `lb_config`, not
-/// the generated file, and needs to see which of their lines it is.
+/// After each `[haproxy.cfg:N]` HAProxy names, the line itself (in place of its number): the
+/// user wrote `lb_config`, not the generated file, and needs to see which of their lines it is.
 fn quote_lines(output: &str, config: &str) -> String {
     let lines: Vec<&str> = config.lines().collect();
     output
@@ -556,8 +567,16 @@ fn quote_lines(output: &str, config: &str) -> String {
                 .split_once("[haproxy.cfg:")
                 .and_then(|(_, rest)| rest.split(']').next())
                 .and_then(|n| n.parse::<usize>().ok());
-            match n.and_then(|n| lines.get(n.wrapping_sub(1))) {
-                Some(text) => format!("{l} (the line is `{}`)", text.trim()),
+            // The line is quoted instead of numbered: the number moves whenever a backend
+            // above it gains or loses a server, and one refusal must read the same each time.
+            match n.and_then(|n| lines.get(n.wrapping_sub(1)).map(|text| (n, text))) {
+                Some((n, text)) => {
+                    format!(
+                        "{} (the line is `{}`)",
+                        l.replace(&format!("[haproxy.cfg:{n}]"), "[haproxy.cfg]"),
+                        text.trim()
+                    )
+                }
                 None => l.to_string(),
             }
         })
@@ -604,8 +623,23 @@ mod tests {
     fn haproxy_errors_quote_the_line() {
         let out = "[ALERT]    (1) : config : parsing [haproxy.cfg:2] : unexpected character 'b'\n[ALERT] fatal";
         let q = quote_lines(out, "defaults\n    timeout client banana\n");
-        assert!(q.contains("'b' (the line is `timeout client banana`)"), "{q}");
+        assert!(
+            q.contains("parsing [haproxy.cfg] : unexpected character 'b' (the line is `timeout client banana`)"),
+            "{q}"
+        );
         assert!(q.ends_with("[ALERT] fatal"));
+        // The same line further down the file (servers added above it) reads the same.
+        let later = out.replace("cfg:2]", "cfg:3]");
+        assert_eq!(
+            quote_lines(
+                &later,
+                "defaults
+    option httplog
+    timeout client banana
+"
+            ),
+            q
+        );
     }
 
     #[test]

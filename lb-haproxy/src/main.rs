@@ -8,7 +8,7 @@ use event_bus::{Bus, Events, StateCache, StateStore};
 use lb_haproxy::apply::Controller;
 use lb_haproxy::metrics::LbMetrics;
 use lb_haproxy::render::Settings;
-use lb_haproxy::report::Reporter;
+use lb_haproxy::report::{Instance, Reporter};
 
 /// Rancher's built-in load balancer: keeps a real HAProxy (master-worker) in line with one
 /// load balancer service's `lb_config` and the running, healthy containers it targets.
@@ -42,9 +42,15 @@ struct Args {
     /// every target counts as local.
     #[arg(long, env = "CORRAL_HOST_UUID")]
     host_uuid: Option<String>,
+    /// The load balancer container this instance runs in (the deploy agent passes it). It is
+    /// written into `lbstatus.<instance>` so a reader can tell a stale key (its container gone)
+    /// and is the default instance name.
+    #[arg(long, env = "CORRAL_CONTAINER_UUID", value_parser = parse_instance)]
+    container_uuid: Option<String>,
     /// This instance's name in the state: it writes `lbstatus.<instance>` (whether HAProxy
-    /// serves, why the newest configuration was refused) and deletes it when it stops. The deploy
-    /// agent passes the LB container's uuid. Default: `<host uuid or hostname>_<stack>_<service>`.
+    /// serves, why the newest configuration was refused) and deletes it when it stops gracefully.
+    /// Default: `--container-uuid`, else `<host uuid or hostname>_<stack>_<service>` (give each of
+    /// two instances of one service on one host its own).
     #[arg(long, env = "CORRAL_LB_INSTANCE", value_parser = parse_instance)]
     instance: Option<String>,
 }
@@ -80,7 +86,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let run_dir = std::path::absolute(&run_dir).with_context(|| format!("run dir {}", run_dir.display()))?;
     lb_haproxy::certs::private_dir(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    let instance = args.instance.clone().unwrap_or_else(|| {
+    let instance = args.instance.clone().or(args.container_uuid.clone()).unwrap_or_else(|| {
         let host = args.host_uuid.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
         });
@@ -100,7 +106,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cache = StateCache::start(&bus, &metrics).await?;
     let events = Events::new(&bus, format!("lb-haproxy@{}", args.service));
     let store = StateStore::open(&bus).await?;
-    let reporter = Reporter::start(store, instance, settings.host_uuid.clone());
+    let reporter = Reporter::start(
+        store,
+        Instance { id: instance, host_uuid: settings.host_uuid.clone(), container_uuid: args.container_uuid.clone() },
+    );
     let controller =
         Controller::new(settings, args.haproxy_bin, args.service, lb_metrics, Some(events)).with_reporter(reporter);
 

@@ -5,7 +5,9 @@
 //!
 //! Writes happen in a task of their own: the controller only hands over what it wants said, so a
 //! NATS outage never stalls HAProxy's updates. A failed write is retried with backoff (1 s
-//! doubling to 30 s) until it lands; the key is deleted when the instance stops.
+//! doubling to 30 s) until it lands; the key is deleted when the instance stops gracefully
+//! (before HAProxy drains). A key left by an instance that was killed names its container, so
+//! readers can tell it is stale once that container is gone.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,10 +28,20 @@ pub struct Reporter {
     task: JoinHandle<()>,
 }
 
+/// Who this instance is, as written into every status.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// The key id (`lbstatus.<id>`).
+    pub id: String,
+    pub host_uuid: Option<String>,
+    /// The load balancer container it runs in, when the deploy agent started it.
+    pub container_uuid: Option<String>,
+}
+
 impl Reporter {
-    pub fn start(store: StateStore, instance: String, host_uuid: Option<String>) -> Reporter {
+    pub fn start(store: StateStore, instance: Instance) -> Reporter {
         let (tx, rx) = watch::channel(None);
-        let task = tokio::spawn(write_loop(store, instance, host_uuid, rx));
+        let task = tokio::spawn(write_loop(store, instance, rx));
         Reporter { tx, task }
     }
 
@@ -58,22 +70,19 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-async fn write_loop(
-    store: StateStore,
-    instance: String,
-    host_uuid: Option<String>,
-    mut rx: watch::Receiver<Option<Verdict>>,
-) {
-    let key = Key { family: Family::LbStatus, id: instance.clone() };
+async fn write_loop(store: StateStore, instance: Instance, mut rx: watch::Receiver<Option<Verdict>>) {
+    let key = Key { family: Family::LbStatus, id: instance.id.clone() };
     let mut since: Option<(Verdict, u64)> = None;
     let mut written: Option<Verdict> = None;
-    let mut backoff = Duration::from_secs(1);
+    // Whether a write was sent at all: one that timed out may still have landed.
+    let mut attempted = false;
+    let mut delay = Duration::ZERO;
     loop {
         let pending = since.as_ref().is_some_and(|(v, _)| written.as_ref() != Some(v));
         let closed = if pending {
             tokio::select! {
                 r = rx.changed() => r.is_err(),
-                _ = tokio::time::sleep(backoff) => false,
+                _ = tokio::time::sleep(delay) => false,
             }
         } else {
             rx.changed().await.is_err()
@@ -91,30 +100,31 @@ async fn write_loop(
             continue;
         }
         let doc = LbStatus {
-            instance: instance.clone(),
+            instance: instance.id.clone(),
             service_uuid: v.service_uuid.clone(),
-            host_uuid: host_uuid.clone(),
+            host_uuid: instance.host_uuid.clone(),
+            container_uuid: instance.container_uuid.clone(),
             serving: v.serving,
             refused: v.refused.clone(),
             since_ms: at,
             extra: Default::default(),
         };
-        match tokio::time::timeout(Duration::from_secs(5), store.put(&doc)).await {
-            Ok(Ok(_)) => {
-                written = Some(v);
-                backoff = Duration::from_secs(1);
-            }
+        attempted = true;
+        let outcome = tokio::time::timeout(Duration::from_secs(5), store.put(&doc)).await;
+        if let Ok(Ok(_)) = outcome {
+            written = Some(v);
+            delay = Duration::ZERO;
+            continue;
+        }
+        delay = (delay * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        match outcome {
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, key = %key, retry_in = ?backoff, "could not write the load balancer status");
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                tracing::warn!(error = %e, key = %key, retry_in = ?delay, "could not write the load balancer status")
             }
-            Err(_) => {
-                tracing::warn!(key = %key, retry_in = ?backoff, "writing the load balancer status timed out");
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
+            _ => tracing::warn!(key = %key, retry_in = ?delay, "writing the load balancer status timed out"),
         }
     }
-    if written.is_some() {
+    if attempted {
         match tokio::time::timeout(Duration::from_secs(3), store.delete(&key)).await {
             Ok(Ok(())) => tracing::debug!(key = %key, "load balancer status removed"),
             Ok(Err(e)) => tracing::warn!(error = %e, key = %key, "could not remove the load balancer status"),

@@ -25,9 +25,7 @@ async fn bad_configurations_are_refused_and_the_old_one_keeps_serving() {
     let lb = Lb::start_with(&st.nats.url(), &["--instance", "lb-test-1"]);
     lb.wait_ready();
     assert_eq!(aget(good, "x", "/").await, (200, "web-1".into()));
-    let said = status(&st.store).await;
-    assert!(said.serving && said.refused.is_none(), "{said:?}");
-    assert_eq!(said.service_uuid, "lb");
+    wait_status(&st.store, "the start", |s| s.serving && s.refused.is_none() && s.service_uuid == "lb").await;
 
     let events = Events::new(&st.bus, "test");
     let mut refused = events.subscribe("lb.config.refused").await.unwrap();
@@ -111,24 +109,31 @@ async fn bad_configurations_are_refused_and_the_old_one_keeps_serving() {
     assert_eq!(lb.haproxy_reloads(), 1);
     wait_status(&st.store, "the refusal cleared", |s| s.serving && s.refused.is_none()).await;
 
+    // A port another process holds, then lets go: nothing in the state changes, yet the
+    // refusal clears by itself and the port is served.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    st.lb(json!({"port_rules": with(json!({"source_port": held_port, "target_port": port, "service": "web"}))})).await;
+    let in_use = format!("source_port {held_port}: 127.0.0.1:{held_port} is already in use");
+    wait_status(&st.store, "a held port", |s| s.refused.as_ref().is_some_and(|r| r.contains(&in_use))).await;
+    drop(held);
+    wait_status(&st.store, "the port let go", |s| s.serving && s.refused.is_none()).await;
+    assert_eq!(aget(held_port, "x", "/").await.0, 200);
+
     // A stopped instance takes its status with it.
     drop(lb);
     assert!(st.store.get::<LbStatus>("lb-test-1").await.unwrap().is_none(), "lbstatus.lb-test-1 left behind");
 }
 
-/// Waits until `lbstatus.lb-test-1` satisfies `ok`.
+/// Waits until `lbstatus.lb-test-1` is written and satisfies `ok`.
 async fn wait_status(store: &StateStore, what: &str, ok: impl Fn(&LbStatus) -> bool) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let s = status(store).await;
-        if ok(&s) {
+        let s = store.get::<LbStatus>("lb-test-1").await.unwrap().map(|v| v.value);
+        if s.as_ref().is_some_and(&ok) {
             return;
         }
         assert!(std::time::Instant::now() < deadline, "lbstatus after {what}: {s:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn status(store: &StateStore) -> LbStatus {
-    store.get::<LbStatus>("lb-test-1").await.unwrap().expect("lbstatus.lb-test-1 written").value
 }

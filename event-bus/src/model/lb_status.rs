@@ -14,6 +14,10 @@ pub struct LbStatus {
     /// The host it runs on, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_uuid: Option<String>,
+    /// The load balancer container it runs in, when the deploy agent started it (`None`: run by
+    /// hand). Readers ignore the key once that container is gone or no longer wanted running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_uuid: Option<String>,
     /// HAProxy runs a configuration of this service (the newest one, unless `refused`).
     pub serving: bool,
     /// Why the newest `lb_config` was refused; HAProxy keeps the previous one meanwhile. The
