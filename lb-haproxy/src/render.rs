@@ -136,7 +136,7 @@ pub fn render_service(settings: &Settings, lb: &Service, snap: &Snapshot) -> Res
         None => Custom::default(),
     };
     let sticky = Sticky::parse(lbc.stickiness_policy.as_ref())?;
-    let endpoints = targets::resolve(&plan, snap, Locality::of(lb), settings.host_uuid.as_deref());
+    let endpoints = targets::resolve(&plan, snap, &lb.uuid, Locality::of(lb), settings.host_uuid.as_deref());
     let label = snap.stack(&lb.stack_uuid).map_or(lb.name.clone(), |s| format!("{}/{}", s.name, lb.name));
     render(
         settings,

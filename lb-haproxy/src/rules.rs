@@ -360,6 +360,11 @@ fn rule_targets(
         if uuid.is_none() {
             warnings.push(format!("port_rules[{index}]: service {named:?} not found; its backend answers 503"));
         }
+        if let Some(svc) = uuid.as_deref().and_then(|u| snap.service(u)) {
+            if let Some(w) = crate::targets::unreachable(svc) {
+                warnings.push(format!("port_rules[{index}]: service {named:?} {w}"));
+            }
+        }
         let t = Target { service_uuid: uuid, named: named.into(), port, container_uuid: None };
         return Ok(vec![(t, Overrides::default())]);
     }

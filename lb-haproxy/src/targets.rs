@@ -105,12 +105,13 @@ fn container_ip(c: &Container) -> Option<IpAddr> {
 
 /// Resolves the servers of every backend of `plan`. `host` is the host this load balancer runs
 /// on (for `only-local` / `prefer-local`; without one every container counts as local).
-pub fn resolve(plan: &Plan, snap: &Snapshot, locality: Locality, host: Option<&str>) -> Endpoints {
+/// `lb_uuid` is the load balancer's own service, which no alias leads back to.
+pub fn resolve(plan: &Plan, snap: &Snapshot, lb_uuid: &str, locality: Locality, host: Option<&str>) -> Endpoints {
     let mut out = Endpoints::default();
     for (name, backend) in &plan.backends {
         let mut all: Vec<(bool, Endpoint)> = Vec::new();
         for t in &backend.targets {
-            let (containers, external) = members_of(snap, t);
+            let (containers, external) = members_of(snap, t, lb_uuid);
             for c in containers {
                 if !is_serving(snap, &c) {
                     continue;
@@ -163,16 +164,31 @@ type External = Vec<(String, IpAddr)>;
 /// What a target reaches: a container, a service's containers, an external service's IPs, or
 /// for an alias (`rancher/dns-service`) whatever its linked services reach, aliases of aliases
 /// included (each service once, so a loop ends).
-fn members_of(snap: &Snapshot, t: &Target) -> (Vec<std::sync::Arc<Container>>, External) {
+fn members_of(snap: &Snapshot, t: &Target, lb_uuid: &str) -> (Vec<std::sync::Arc<Container>>, External) {
     if let Some(uuid) = &t.container_uuid {
         return (snap.container(uuid).cloned().into_iter().collect(), Vec::new());
     }
     let mut out = (Vec::new(), Vec::new());
     if let Some(svc) = t.service_uuid.as_deref().and_then(|u| snap.service(u)) {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::from([lb_uuid.to_string()]);
         expand(snap, svc, &mut seen, &mut out);
     }
     out
+}
+
+/// Why a service named by a rule can serve nothing (said as a warning, not a refusal: its
+/// backend answers 503 until it can).
+pub fn unreachable(svc: &Service) -> Option<String> {
+    match svc.kind {
+        ServiceKind::External if !svc.external_ips.iter().any(|ip| ip.trim().parse::<IpAddr>().is_ok()) => {
+            Some(if svc.hostname.is_some() {
+                "is an external service given by a hostname, which is not a target yet (HAProxy would need resolvers); its backend answers 503".into()
+            } else {
+                "is an external service without a valid IP; its backend answers 503".into()
+            })
+        }
+        _ => None,
+    }
 }
 
 fn expand(
@@ -181,7 +197,8 @@ fn expand(
     seen: &mut std::collections::HashSet<String>,
     out: &mut (Vec<std::sync::Arc<Container>>, External),
 ) {
-    if !seen.insert(svc.uuid.clone()) {
+    // Each service once (an alias loop ends); removed services reach nothing, as in DNS.
+    if matches!(svc.state.as_str(), "removed" | "purged") || !seen.insert(svc.uuid.clone()) {
         return;
     }
     match svc.kind {
@@ -261,7 +278,7 @@ mod tests {
     fn running_and_not_unhealthy() {
         let (lb, snap) = setup();
         let plan = crate::rules::plan(&lb, &snap).unwrap();
-        let e = resolve(&plan, &snap, Locality::Any, None);
+        let e = resolve(&plan, &snap, "lb", Locality::Any, None);
         assert_eq!(addrs(&e), vec!["10.42.0.1:8080", "10.42.0.2:8080"]);
         assert_eq!(e.servers["80_"][0].name, "app-web-1");
     }
@@ -270,11 +287,11 @@ mod tests {
     fn only_local_and_prefer_local() {
         let (lb, snap) = setup();
         let plan = crate::rules::plan(&lb, &snap).unwrap();
-        assert_eq!(addrs(&resolve(&plan, &snap, Locality::OnlyLocal, Some("h2"))), vec!["10.42.0.2:8080"]);
-        assert_eq!(addrs(&resolve(&plan, &snap, Locality::OnlyLocal, Some("h9"))), Vec::<String>::new());
-        assert_eq!(addrs(&resolve(&plan, &snap, Locality::PreferLocal, Some("h1"))), vec!["10.42.0.1:8080"]);
+        assert_eq!(addrs(&resolve(&plan, &snap, "lb", Locality::OnlyLocal, Some("h2"))), vec!["10.42.0.2:8080"]);
+        assert_eq!(addrs(&resolve(&plan, &snap, "lb", Locality::OnlyLocal, Some("h9"))), Vec::<String>::new());
+        assert_eq!(addrs(&resolve(&plan, &snap, "lb", Locality::PreferLocal, Some("h1"))), vec!["10.42.0.1:8080"]);
         assert_eq!(
-            addrs(&resolve(&plan, &snap, Locality::PreferLocal, Some("h9"))),
+            addrs(&resolve(&plan, &snap, "lb", Locality::PreferLocal, Some("h9"))),
             vec!["10.42.0.1:8080", "10.42.0.2:8080"]
         );
     }
@@ -300,8 +317,17 @@ mod tests {
         // An alias of that alias, and a loop back to it: each service counts once.
         let mut outer = fixtures::service("outer", "st1", "outer");
         outer.kind = ServiceKind::Alias;
-        outer.links = [("both".to_string(), String::new()), ("outer".to_string(), String::new())].into();
+        // (and one back to the load balancer itself, which must not proxy to itself).
+        outer.links = [
+            ("both".to_string(), String::new()),
+            ("outer".to_string(), String::new()),
+            ("lb".to_string(), String::new()),
+        ]
+        .into();
         records.extend([ext.into_record(), alias.into_record(), outer.into_record()]);
+        // The load balancer's own container, running.
+        records.push(fixtures::container("lbc", "app-lb-1", "lb", "st1", "h1", "10.42.0.9").into_record());
+        records.push(fixtures::status("lbc", "h1", "running").into_record());
         let snap = Snapshot::from_records(2, records);
         let lb_for = |target: &str| {
             let mut lb = fixtures::service("lb", "st1", "lb");
@@ -317,7 +343,7 @@ mod tests {
         };
         let servers = |target: &str, locality, host| {
             let plan = crate::rules::plan(&lb_for(target), &snap).unwrap();
-            resolve(&plan, &snap, locality, host).servers["80_"]
+            resolve(&plan, &snap, "lb", locality, host).servers["80_"]
                 .iter()
                 .map(|e| format!("{} {}", e.name, e.addr))
                 .collect::<Vec<_>>()
@@ -329,5 +355,13 @@ mod tests {
         // External addresses are never local.
         assert_eq!(servers("both", Locality::OnlyLocal, Some("h1")), vec!["app-web-1 10.42.0.1:8080"]);
         assert_eq!(servers("ext", Locality::PreferLocal, Some("h1")), vec!["ext_192.0.2.10 192.0.2.10:8080"]);
+
+        // What serves nothing is said.
+        let mut by_name = fixtures::service("cname", "st1", "cname");
+        by_name.kind = ServiceKind::External;
+        by_name.hostname = Some("db.example.com".into());
+        assert!(unreachable(&by_name).is_some_and(|w| w.contains("given by a hostname")));
+        by_name.external_ips = vec!["192.0.2.7".into()];
+        assert_eq!(unreachable(&by_name), None);
     }
 }
