@@ -134,9 +134,10 @@ pub struct Memory {
     /// pass (and its slowest container) to end.
     creating: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     slots: std::sync::Arc<tokio::sync::Semaphore>,
-    /// What finished creations said: (container uuid, created and started).
-    done_tx: Option<tokio::sync::mpsc::UnboundedSender<(String, bool)>>,
-    done_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(String, bool)>>,
+    /// What finished creations said: (container uuid, created and started; `None`: left alone,
+    /// it was no longer ours to create when its turn came).
+    done_tx: Option<tokio::sync::mpsc::UnboundedSender<(String, Option<bool>)>>,
+    done_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(String, Option<bool>)>>,
 }
 
 impl Default for Memory {
@@ -169,6 +170,12 @@ impl Memory {
             done.push(d);
         }
         for (uuid, ok) in done {
+            // Only now, before the pass lists Docker: a container no longer marked as being
+            // created is in that listing, so it is never created twice.
+            if let Ok(mut set) = self.creating.lock() {
+                set.remove(&uuid);
+            }
+            let Some(ok) = ok else { continue };
             self.reported.insert(uuid.clone());
             if ok {
                 self.backoff.remove(&uuid);
@@ -218,9 +225,8 @@ pub async fn reconcile(
     // Status records this agent wrote for containers no longer assigned: ours to clean up.
     let stale: Vec<String> = mem.reported.iter().filter(|u| !assigned.contains_key(*u)).cloned().collect();
     for uuid in stale {
-        if snap.status(&uuid).is_some() {
-            store.delete(&event_bus::Key::new(event_bus::Family::Status, uuid.as_str())?).await?;
-        }
+        // Even when the snapshot shows none: a background creation's write may not be in it yet.
+        store.delete(&event_bus::Key::new(event_bus::Family::Status, uuid.as_str())?).await?;
         mem.reported.remove(&uuid);
     }
     // Primaries before the sidekicks that join their network.
@@ -319,34 +325,39 @@ pub async fn reconcile(
         if let Ok(mut set) = mem.creating.lock() {
             set.insert(c.uuid.clone());
         }
-        let (docker, store, snap, c, s) = (docker.clone(), store.clone(), snap.clone(), c.clone(), s.clone());
-        let (slots, creating) = (mem.slots.clone(), mem.creating.clone());
+        let (docker, store, cache, uuid, s) = (docker.clone(), store.clone(), cache.clone(), c.uuid.clone(), s.clone());
+        let slots = mem.slots.clone();
         tokio::spawn(async move {
             let _slot = slots.acquire_owned().await;
+            // Waiting for a slot can take a while: act on the state as it is now. A container
+            // unassigned, moved or stopped meanwhile is left alone (the next pass sees to it).
+            let snap = cache.snapshot();
+            let still = snap
+                .container(&uuid)
+                .filter(|c| c.host_uuid.as_deref() == Some(s.host_uuid.as_str()) && c.desired_state == "running")
+                .cloned();
+            let Some(c) = still else {
+                let _ = done.send((uuid, None));
+                return;
+            };
             let start_count = snap.status(&c.uuid).map(|st| st.start_count).unwrap_or(0);
-            // Ok(false): Docker refused; the status says why.
-            let outcome = async {
-                let id = match create(&docker, &snap, &c, &s).await {
-                    Ok(id) => id,
-                    Err(e) => return failed(&store, &snap, &c, "", start_count, &e, &s).await.map(|()| false),
-                };
-                if let Err(e) = docker.start_container(&id, None).await {
-                    return failed(&store, &snap, &c, &id, start_count, &e, &s).await.map(|()| false);
-                }
-                tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
-                report(&store, &snap, &c, &id, "running", start_count + 1, None, &s).await.map(|()| true)
+            // Whether Docker created and started it, and whether the status write went through.
+            let (started, written) = match create(&docker, &snap, &c, &s).await {
+                Err(e) => (false, failed(&store, &snap, &c, "", start_count, &e, &s).await),
+                Ok(id) => match docker.start_container(&id, None).await {
+                    Err(e) => (false, failed(&store, &snap, &c, &id, start_count, &e, &s).await),
+                    Ok(()) => {
+                        tracing::info!(container = %c.name, ip = ?c.primary_ip, "created and started");
+                        (true, report(&store, &snap, &c, &id, "running", start_count + 1, None, &s).await)
+                    }
+                },
+            };
+            // A status write that failed (NATS away) is made again by a later pass, which finds
+            // the container in Docker (or tries it again after the backoff).
+            if let Err(e) = written {
+                tracing::warn!(container = %c.name, error = %e, "could not report the container's state");
             }
-            .await;
-            // A status write that failed (NATS away) is made by a later pass, which finds the
-            // container in Docker.
-            let ok = outcome.unwrap_or_else(|e| {
-                tracing::warn!(container = %c.name, error = %e, "could not report the new container");
-                true
-            });
-            if let Ok(mut set) = creating.lock() {
-                set.remove(&c.uuid);
-            }
-            let _ = done.send((c.uuid.clone(), ok));
+            let _ = done.send((uuid, Some(started)));
         });
         handed += 1;
     }
@@ -513,7 +524,7 @@ async fn create_lb(
         format!("CORRAL_LB_SERVICE={stack}/{}", svc.name),
         format!("CORRAL_HOST_UUID={}", s.host_uuid),
         // Its verdict on the configuration goes to lbstatus.<container uuid> (`deploy ps`).
-        format!("CORRAL_LB_INSTANCE={}", c.uuid),
+        format!("CORRAL_CONTAINER_UUID={}", c.uuid),
         // Several load balancers may share the host's network: no fixed admin port.
         "CORRAL_ADMIN_ADDR=127.0.0.1:0".to_string(),
     ];

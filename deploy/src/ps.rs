@@ -94,18 +94,20 @@ pub fn rows(snap: &Snapshot, stack: Option<&str>) -> Vec<ServiceRow> {
     out
 }
 
-/// What the lb-haproxy instances of a load balancer service refused. When the service has
-/// containers, its instances are those containers (the agent names each instance after its
-/// container), so the key of one killed before it could delete it is not counted; a service
-/// without containers is one served by lb-haproxy run by hand, and all its instances count.
+/// What the lb-haproxy instances of a load balancer service refused. An instance the agent
+/// started names its container; once that container is gone or no longer wanted running (killed
+/// before it could delete its key, or stopped by an upgrade) its key is stale and not counted.
+/// One without a container is lb-haproxy run by hand, and counts.
 fn lb_refused(snap: &Snapshot, service_uuid: &str) -> Vec<String> {
-    let deployed = snap.containers_of_service(service_uuid).next().is_some();
+    let current = |s: &event_bus::model::LbStatus| match &s.container_uuid {
+        None => true,
+        Some(c) => snap
+            .container(c)
+            .is_some_and(|c| c.service_uuid.as_deref() == Some(service_uuid) && c.desired_state == "running"),
+    };
     let mut out: Vec<String> = snap
         .lb_statuses()
-        .filter(|s| s.service_uuid == service_uuid)
-        .filter(|s| {
-            !deployed || snap.container(&s.instance).is_some_and(|c| c.service_uuid.as_deref() == Some(service_uuid))
-        })
+        .filter(|s| s.service_uuid == service_uuid && current(s))
         .filter_map(|s| {
             let why = s.refused.as_ref()?;
             let host = s.host_uuid.as_deref().map(|h| snap.host(h).map(|h| h.name.clone()).unwrap_or(h.to_string()));
@@ -161,11 +163,12 @@ mod tests {
     use event_bus::model::{LbStatus, ServiceKind};
     use event_bus::testkit::fixtures;
 
-    fn refusal(instance: &str, service: &str, why: Option<&str>) -> Record {
+    fn refusal(instance: &str, container: Option<&str>, service: &str, why: Option<&str>) -> Record {
         Record::LbStatus(LbStatus {
             instance: instance.into(),
             service_uuid: service.into(),
             host_uuid: Some("h1".into()),
+            container_uuid: container.map(String::from),
             serving: true,
             refused: why.map(String::from),
             since_ms: 1,
@@ -177,6 +180,8 @@ mod tests {
     fn a_refused_load_balancer_configuration_shows_under_its_service() {
         let mut lb = fixtures::service("lb", "st", "lb");
         lb.kind = ServiceKind::LoadBalancer;
+        let mut old = fixtures::container("c0", "demo-lb-0", "lb", "st", "h1", "10.42.0.3");
+        old.desired_state = "stopped".into();
         let mut manual = fixtures::service("manual", "st", "manual");
         manual.kind = ServiceKind::LoadBalancer;
         let records = vec![
@@ -186,11 +191,14 @@ mod tests {
             Record::Service(manual),
             Record::Container(fixtures::container("c1", "demo-lb-1", "lb", "st", "h1", "10.42.0.2")),
             Record::Status(fixtures::status("c1", "h1", "running")),
-            refusal("c1", "lb", Some("port_rules[1] overlaps port_rules[0]")),
+            refusal("c1", Some("c1"), "lb", Some("port_rules[1] overlaps port_rules[0]")),
             // A container killed before its lb-haproxy could delete its key.
-            refusal("gone", "lb", Some("an old complaint")),
-            // lb-haproxy run by hand for a service without containers.
-            refusal("myhost_demo_manual", "manual", Some("protocol udp is not supported by HAProxy")),
+            refusal("gone", Some("gone"), "lb", Some("an old complaint")),
+            // One an upgrade stopped (kept for a rollback).
+            Record::Container(old),
+            refusal("c0", Some("c0"), "lb", Some("an older complaint")),
+            // lb-haproxy run by hand, for a service without containers.
+            refusal("myhost_demo_manual", None, "manual", Some("protocol udp is not supported by HAProxy")),
         ];
         let snap = Snapshot::from_records(1, records.clone());
         let got = rows(&snap, None);
@@ -203,7 +211,7 @@ mod tests {
 
         // Accepted again: nothing shown, settled.
         let mut records = records;
-        records[6] = refusal("c1", "lb", None);
+        records[6] = refusal("c1", Some("c1"), "lb", None);
         records.truncate(7);
         let snap = Snapshot::from_records(2, records);
         let got = rows(&snap, None);
