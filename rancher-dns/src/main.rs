@@ -71,19 +71,9 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:9222";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    limit_malloc_arenas();
+    // Answers are built on any thread: two arenas hold the same work (docs/benchmarks.md).
+    event_bus::runtime::memory::limit_malloc_arenas(2);
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
-}
-
-/// glibc gives each thread that allocates its own arena and keeps freed memory there; with the
-/// runtime's workers and the blocking pool building answer generations, that is several MB of
-/// RSS doing nothing. Two arenas are plenty for a DNS server (measured in docs/benchmarks.md).
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -33,20 +33,9 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:9221";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    limit_malloc_arenas();
+    // Answers are built on any thread: two arenas hold the same work (docs/benchmarks.md).
+    event_bus::runtime::memory::limit_malloc_arenas(2);
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
-}
-
-/// glibc gives each thread that allocates its own arena (up to 8 per core) and keeps what is
-/// freed there: each tree is built on whichever blocking-pool thread is free, so every arena
-/// ends up holding the freed remains of some old generation. Two arenas hold the same work
-/// (measured in docs/benchmarks.md, as for rancher-dns).
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

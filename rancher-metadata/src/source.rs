@@ -46,18 +46,8 @@ async fn after_publish(app: Arc<App>, previous: Arc<Data>, generation: u64) {
         if data.generation == generation {
             data.default_tree("latest");
         }
-        give_back_freed_memory();
+        event_bus::runtime::memory::give_back_freed_memory();
     });
-}
-
-/// A generation's trees and caches are tens of MB freed at once, in pieces glibc keeps for
-/// reuse; most of it would not be reused before the next change, so hand the free pages back.
-fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// How long background work waits for the long-polls of the previous generation to be answered.
