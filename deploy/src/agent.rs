@@ -136,8 +136,8 @@ pub struct Memory {
     slots: std::sync::Arc<tokio::sync::Semaphore>,
     /// What finished creations said: (container uuid, created and started; `None`: left alone,
     /// it was no longer ours to create when its turn came).
-    done_tx: Option<tokio::sync::mpsc::UnboundedSender<(String, Option<bool>)>>,
-    done_rx: Option<tokio::sync::mpsc::UnboundedReceiver<(String, Option<bool>)>>,
+    done_tx: tokio::sync::mpsc::UnboundedSender<(String, Option<bool>)>,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<(String, Option<bool>)>,
 }
 
 impl Default for Memory {
@@ -149,8 +149,8 @@ impl Default for Memory {
             backoff: Default::default(),
             creating: Default::default(),
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(CREATE_PARALLEL)),
-            done_tx: Some(tx),
-            done_rx: Some(rx),
+            done_tx: tx,
+            done_rx: rx,
         }
     }
 }
@@ -164,9 +164,8 @@ impl Memory {
     }
     /// Takes in what background creations finished with.
     fn collect(&mut self) {
-        let Some(rx) = self.done_rx.as_mut() else { return };
         let mut done = Vec::new();
-        while let Ok(d) = rx.try_recv() {
+        while let Ok(d) = self.done_rx.try_recv() {
             done.push(d);
         }
         for (uuid, ok) in done {
@@ -321,7 +320,7 @@ pub async fn reconcile(
                 continue;
             }
         }
-        let Some(done) = mem.done_tx.clone() else { continue };
+        let done = mem.done_tx.clone();
         if let Ok(mut set) = mem.creating.lock() {
             set.insert(c.uuid.clone());
         }
