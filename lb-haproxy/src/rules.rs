@@ -433,7 +433,10 @@ fn build(rules: Vec<Rule<'_>>, warnings: Vec<String>) -> Result<Plan, ConfigErro
     let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
     // Rules that route the same way on the same port share a backend; which key a generated
     // name came from, so that `*.x.com` and `x.com` never collide into one (Rancher's bug).
-    let mut generated: BTreeMap<(u16, Option<Host>, Option<String>), String> = BTreeMap::new();
+    // Generated backends: one per (port, hostname, path, priority). The priority is part of it:
+    // two rules that match the same requests with different priorities are a winner and a rule
+    // that never matches, not one backend of both rules' targets.
+    let mut generated: BTreeMap<MatchKey, String> = BTreeMap::new();
     let mut frontends: BTreeMap<u16, Frontend> = BTreeMap::new();
     // (port, host, path, priority) → the first rule with that matcher, and its backend.
     type Matcher = (u16, Option<Host>, Option<String>, Option<u32>);
@@ -459,7 +462,7 @@ fn build(rules: Vec<Rule<'_>>, warnings: Vec<String>) -> Result<Plan, ConfigErro
         let name = match &r.backend_name {
             Some(n) => n.clone(),
             None => {
-                let key = (r.port, r.host.clone(), r.path.clone());
+                let key = (r.port, r.host.clone(), r.path.clone(), r.priority);
                 match generated.get(&key) {
                     Some(n) => n.clone(),
                     None => {
@@ -541,8 +544,18 @@ fn build(rules: Vec<Rule<'_>>, warnings: Vec<String>) -> Result<Plan, ConfigErro
         }
         fe.routes.retain(|r| r.host.is_some() || r.path.is_some());
     }
+    // A backend no route and no default leads to (a shadowed catch-all's) takes no traffic and
+    // is left out, so its targets are not checked and counted for nothing.
+    let used: std::collections::BTreeSet<&String> = frontends
+        .values()
+        .flat_map(|fe| fe.routes.iter().map(|r| &r.backend).chain(fe.default_backend.as_ref()))
+        .collect();
+    backends.retain(|name, _| used.contains(name));
     Ok(Plan { frontends: frontends.into_values().collect(), backends, warnings })
 }
+
+/// (source port, hostname, path, priority): what one generated backend is for.
+type MatchKey = (u16, Option<Host>, Option<String>, Option<u32>);
 
 /// Rancher's label selector over services: comma-separated clauses, all of which must hold:
 /// `k=v`, `k==v`, `k!=v`, `k in (a, b)`, `k notin (a, b)`, `k` (present), `!k` (absent).
@@ -749,6 +762,21 @@ mod tests {
         ];
         let p = plan(&lb(rules), &snap()).unwrap();
         assert_eq!(p.frontends[0].routes[0].rule, 1);
+        // Each rule its own backend: the winner's targets are not mixed with the other's.
+        let first = &p.backends[&p.frontends[0].routes[0].backend];
+        assert_eq!(first.targets.iter().map(|t| t.named.as_str()).collect::<Vec<_>>(), vec!["api"]);
+
+        // Two catch-alls on one port: the lower priority number is the default backend, alone;
+        // the other never matches (a warning) and its targets get no backend.
+        let rules = vec![
+            with(rule(8081, "web", 80), |r| r.priority = Some(1)),
+            with(rule(8081, "api", 80), |r| r.priority = Some(2)),
+        ];
+        let p = plan(&lb(rules), &snap()).unwrap();
+        let default = p.frontends[0].default_backend.clone().unwrap();
+        assert_eq!(p.backends.len(), 1, "{:?}", p.backends.keys());
+        assert_eq!(p.backends[&default].targets.iter().map(|t| t.named.as_str()).collect::<Vec<_>>(), vec!["web"]);
+        assert!(p.warnings.iter().any(|w| w.contains("port_rules[1]: never matches")), "{:?}", p.warnings);
     }
 
     #[test]
