@@ -425,6 +425,10 @@ pub async fn up(
     println!("\nwaiting for stack {stack} (up to {}):", humantime::format_duration(sv.wait));
     let start = Instant::now();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    // A refused load balancer configuration is the user's to fix: after this long (time for
+    // lb-haproxy's rechecks of a port someone else held) waiting on is pointless.
+    const REFUSED_FOR: Duration = Duration::from_secs(15);
+    let mut refused_since: Option<Instant> = None;
     loop {
         let rows = crate::ps::rows(&cache.snapshot(), Some(&stack));
         for r in &rows {
@@ -457,6 +461,22 @@ pub async fn up(
         }
         if !rows.is_empty() && crate::ps::settled(&rows) {
             break;
+        }
+        let refused: Vec<String> = rows
+            .iter()
+            .flat_map(|r| r.lb_refused.iter().map(move |why| format!("{}/{}: refused {why}", r.stack, r.service)))
+            .collect();
+        match (refused.is_empty(), refused_since) {
+            (true, _) => refused_since = None,
+            (false, None) => refused_since = Some(Instant::now()),
+            (false, Some(at)) if at.elapsed() > REFUSED_FOR => {
+                eprintln!(
+                    "stack {stack} is not running: its load balancer configuration is refused ({}); fix lb_config and run `deploy local up` again (`deploy ps {stack}` shows it)",
+                    refused.join("; ")
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            (false, Some(_)) => {}
         }
         if start.elapsed() > sv.wait {
             eprintln!(
