@@ -394,12 +394,22 @@ pub fn place(snap: &Snapshot, hosts: &[Arc<Host>], counters: &Counters, now_ms: 
             batch.stop.retain(|u| snap.container(u).is_some() && !out.remove.contains(u));
             // A unit is ready when it runs and, if it is health-checked, is healthy (as Rancher's
             // upgrade waited for): only then does the next step stop more old units.
+            // The verdict must be about this run of it: an old unit a rollback starts again still
+            // carries the `healthy` of its previous run until the controller sees the restart
+            // (start count) and makes it `reinitializing`; taken at its word, the new units would
+            // stop while the old one is not serving yet.
             let ready = |u: &String| {
-                snap.status(u).is_some_and(|st| st.state == "running")
-                    && snap.container(u).is_none_or(|c| {
-                        c.health_check.is_none()
-                            || snap.health(u).is_some_and(|h| crate::health::is_healthy(&h.health_state))
-                    })
+                let Some(st) = snap.status(u).filter(|st| st.state == "running") else { return false };
+                snap.container(u).is_none_or(|c| {
+                    c.health_check.is_none()
+                        || snap.health(u).is_some_and(|h| {
+                            crate::health::is_healthy(&h.health_state)
+                                && h.extra
+                                    .get("start_count")
+                                    .and_then(|v| v.as_u64())
+                                    .is_none_or(|n| n == st.start_count)
+                        })
+                })
             };
             let started_run = !lost && batch.started.iter().all(ready);
             let old: Vec<String> = running

@@ -203,17 +203,24 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
         let polling = polling.clone();
         std::thread::spawn(move || {
             let (mut ok, mut failed, mut said) = (0u32, 0u32, std::collections::BTreeSet::new());
+            // The first failures, with when they happened, for the assertion message.
+            let (started, mut why) = (std::time::Instant::now(), Vec::new());
             while polling.load(std::sync::atomic::Ordering::Relaxed) {
-                match try_http_get(lb_port, "/") {
-                    Some(body) => {
+                match http_get_result(lb_port, "/") {
+                    Ok(body) => {
                         ok += 1;
                         said.insert(body.split(" from").next().unwrap_or_default().to_string());
                     }
-                    None => failed += 1,
+                    Err(e) => {
+                        failed += 1;
+                        if why.len() < 5 {
+                            why.push(format!("{:.1?} after the poller started: {e}", started.elapsed()));
+                        }
+                    }
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            (ok, failed, said)
+            (ok, failed, said, why)
         })
     };
     let catalog = workspace().join("catalog");
@@ -257,9 +264,9 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
     wait_state("active");
     std::thread::sleep(std::time::Duration::from_millis(500));
     polling.store(false, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed, said) = poller.join().unwrap();
+    let (ok, failed, said, why) = poller.join().unwrap();
     eprintln!("upgrade and rollback under polling: {ok} requests answered, {failed} failed");
-    assert_eq!(failed, 0, "requests failed during the upgrade ({ok} answered)");
+    assert_eq!(failed, 0, "requests failed during the upgrade ({ok} answered): {why:#?}");
     assert!(said.contains("hi") && said.contains("hello"), "{said:?}");
     assert_eq!(try_http_get(lb_port, "/").map(|b| b.starts_with("hello from")), Some(true));
 
@@ -337,16 +344,23 @@ fn local_up_runs_a_catalog_stack_and_down_stops_it() {
 
 /// A GET that may fail (the load balancer may not listen yet): the body of a 200.
 fn try_http_get(port: u16, path: &str) -> Option<String> {
+    http_get_result(port, path).ok()
+}
+
+/// A GET on loopback: the body of a 200, or what went wrong.
+fn http_get_result(port: u16, path: &str) -> Result<String, String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| format!("write: {e}"))?;
     let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.0 200")
-        .then(|| body.to_string())
-        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
+    s.read_to_string(&mut text).map_err(|e| format!("read: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
+    if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_string())
+    } else {
+        Err(head.lines().next().unwrap_or_default().to_string())
+    }
 }
 
 /// A plain HTTP/1.0 GET on loopback; the body.
