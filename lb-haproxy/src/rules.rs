@@ -237,11 +237,7 @@ fn generated_backend_name(port: u16, host: Option<&Host>, path: Option<&str>) ->
 
 /// Resolves `svc` (in the load balancer's stack) or `stack/svc`.
 fn resolve_service(snap: &Snapshot, lb: &Service, named: &str) -> Option<String> {
-    let (stack_uuid, name) = match named.split_once('/') {
-        Some((stack, name)) => (snap.stack_by_name(stack)?.uuid.clone(), name),
-        None => (lb.stack_uuid.clone(), named),
-    };
-    snap.service_by_name(&stack_uuid, name).map(|s| s.uuid.clone())
+    snap.service_by_ref(&lb.stack_uuid, named).map(|s| s.uuid.clone())
 }
 
 /// Builds the plan. Refuses, naming the rule and field: a missing or out-of-range port, udp,

@@ -209,14 +209,7 @@ fn expand(
         }
         ServiceKind::Alias => {
             for key in svc.links.keys() {
-                let (stack_uuid, name) = match key.split_once('/') {
-                    Some((stack, name)) => match snap.stack_by_name(stack) {
-                        Some(st) => (st.uuid.clone(), name),
-                        None => continue,
-                    },
-                    None => (svc.stack_uuid.clone(), key.as_str()),
-                };
-                if let Some(target) = snap.service_by_name(&stack_uuid, name) {
+                if let Some(target) = snap.service_by_ref(&svc.stack_uuid, key) {
                     expand(snap, target, seen, out);
                 }
             }

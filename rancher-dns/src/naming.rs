@@ -360,11 +360,7 @@ impl<'a> Builder<'a> {
 
     /// A service link key: `<stack>/<service>`, or `<service>` in the linking service's stack.
     fn link_target(&self, from: &Service, key: &str) -> Option<&Arc<Service>> {
-        let (stack_uuid, name) = match key.split_once('/') {
-            Some((stack, name)) => (self.snap.stack_by_name(stack)?.uuid.clone(), name),
-            None => (from.stack_uuid.clone(), key),
-        };
-        self.snap.service_by_name(&stack_uuid, name).filter(|s| live(&s.state))
+        self.snap.service_by_ref(&from.stack_uuid, key).filter(|s| live(&s.state))
     }
 
     fn containers(&mut self) {

@@ -131,6 +131,14 @@ impl Snapshot {
     pub fn service_by_name(&self, stack_uuid: &str, name: &str) -> Option<&Arc<Service>> {
         first(&self.service_by_name, &(stack_uuid.to_string(), lc(name))).and_then(|id| self.services.get(id))
     }
+    /// A service as links, load balancer rules and aliases name it: `<stack>/<service>`, or
+    /// `<service>` in the stack `from_stack_uuid` (the naming service's own).
+    pub fn service_by_ref(&self, from_stack_uuid: &str, reference: &str) -> Option<&Arc<Service>> {
+        match reference.split_once('/') {
+            Some((stack, name)) => self.service_by_name(&self.stack_by_name(stack)?.uuid, name),
+            None => self.service_by_name(from_stack_uuid, reference),
+        }
+    }
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
     }
