@@ -431,18 +431,25 @@ pub async fn up(
     let mut refused_since: Option<Instant> = None;
     loop {
         let rows = crate::ps::rows(&cache.snapshot(), Some(&stack));
+        let refused: Vec<String> = rows
+            .iter()
+            .flat_map(|r| {
+                r.lb_refused
+                    .iter()
+                    .map(move |why| format!("{}/{}: load balancer configuration refused {why}", r.stack, r.service))
+            })
+            .collect();
+        for line in &refused {
+            if seen.insert(line.clone(), String::new()).is_none() {
+                println!("  {line}");
+            }
+        }
         for r in &rows {
             if let Some(why) = &r.unplaceable {
                 let key = format!("{}/{}", r.stack, r.service);
                 if seen.get(&key) != Some(why) {
                     println!("  {key}: cannot be placed yet: {why}");
                     seen.insert(key, why.clone());
-                }
-            }
-            for why in &r.lb_refused {
-                let key = format!("{}/{} refused {why}", r.stack, r.service);
-                if seen.insert(key.clone(), String::new()).is_none() {
-                    println!("  {}/{}: load balancer configuration refused {why}", r.stack, r.service);
                 }
             }
             for c in &r.containers {
@@ -462,10 +469,6 @@ pub async fn up(
         if !rows.is_empty() && crate::ps::settled(&rows) {
             break;
         }
-        let refused: Vec<String> = rows
-            .iter()
-            .flat_map(|r| r.lb_refused.iter().map(move |why| format!("{}/{}: refused {why}", r.stack, r.service)))
-            .collect();
         match (refused.is_empty(), refused_since) {
             (true, _) => refused_since = None,
             (false, None) => refused_since = Some(Instant::now()),
