@@ -12,10 +12,20 @@ use crate::node::{Interner, Node};
 use crate::render::{render, Format};
 use crate::tree::{self, Api, Context};
 
-/// Caller entries built so far in one generation, by (API version, caller IP), and their size.
+/// Who asks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Caller {
+    /// By source address (or the whole `X-Forwarded-For` value).
+    Ip(String),
+    /// A process in the Docker container of this id (a caller on the host's network, whose
+    /// address names no container: see `local_caller`).
+    Docker(String),
+}
+
+/// Caller entries built so far in one generation, by (API version, caller), and their size.
 #[derive(Default)]
 struct CallerCache {
-    entries: HashMap<(Api, String), Option<Node>>,
+    entries: HashMap<(Api, Caller), Option<Node>>,
     bytes: usize,
 }
 type Built = Mutex<CallerCache>;
@@ -232,20 +242,31 @@ impl Data {
         by_version(&self.defaults, version)
     }
 
+    /// Whether a caller at `ip` might still be found by its Docker container: state-cache mode
+    /// (an answers file knows callers only by address) and no container has that address.
+    pub fn ip_is_unknown(&self, ip: &str) -> bool {
+        matches!(&self.callers, Callers::Snapshot { snap, .. } if snap.container_by_ip(ip).is_none())
+    }
+
     /// The caller's own entry under `version` (a map), if it has one.
-    pub fn caller(&self, version: &str, ip: &str) -> Option<Node> {
-        match &self.callers {
-            Callers::Static(entries) => {
+    pub fn caller(&self, version: &str, who: &Caller) -> Option<Node> {
+        match (&self.callers, who) {
+            (Callers::Static(entries), Caller::Ip(ip)) => {
                 let entries = by_version(entries, version)?;
                 entries.get(ip).cloned()
             }
-            Callers::Snapshot { snap, built } => {
+            (Callers::Static(_), Caller::Docker(_)) => None,
+            (Callers::Snapshot { snap, built }, _) => {
                 let api = Api::from_name(version)?;
-                let key = (api, ip.to_string());
+                let key = (api, who.clone());
                 if let Some(hit) = built.lock().expect("caller cache poisoned").entries.get(&key) {
                     return hit.clone();
                 }
-                let entry = tree::self_tree(snap, api, ip).map(|s| Node::object(vec![("self".into(), s)]));
+                let container = match who {
+                    Caller::Ip(ip) => snap.container_by_ip(ip),
+                    Caller::Docker(id) => snap.container_by_docker_id(id),
+                };
+                let entry = container.map(|c| Node::object(vec![("self".into(), tree::self_tree(snap, api, c))]));
                 // Only known containers are cached (an unknown or forged X-Forwarded-For value
                 // must not fill memory), and the cache is bounded by the size of its entries.
                 if let Some(e) = &entry {

@@ -6,9 +6,11 @@
 //! - [`render`]: text, JSON and YAML as the original rendered them;
 //! - [`data`]: one generation of answers (from the state cache or an answers file);
 //! - [`source`]: keeping the answers current;
-//! - [`server`]: HTTP routing, canonical paths, caller identity, long-poll.
+//! - [`server`]: HTTP routing, canonical paths, caller identity, long-poll;
+//! - [`local_caller`]: which container a caller on the host's network is (through `/proc`).
 
 pub mod data;
+pub mod local_caller;
 pub mod lookup;
 pub mod node;
 pub mod render;

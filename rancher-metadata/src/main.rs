@@ -24,6 +24,12 @@ struct Args {
     /// Take the caller's IP from the X-Forwarded-For header (whole value) when present.
     #[arg(long, env = "CORRAL_METADATA_XFF")]
     xff: bool,
+    /// Find callers on the host's network (whose address names no container) by the Docker
+    /// container of the process at the other end of the connection, through /proc: they get
+    /// their own `self` instead of only `/self/host`. Needs the host's PID namespace and root
+    /// (`pid: host` as a container); without them such callers stay unknown, as in Rancher.
+    #[arg(long, env = "CORRAL_METADATA_HOST_NETWORK_SELF", default_value_t = true, action = clap::ArgAction::Set)]
+    host_network_self: bool,
     /// The host this server answers for: `/self/host` of callers that are not known containers.
     #[arg(long, env = "CORRAL_HOST_UUID")]
     host_uuid: Option<String>,
@@ -42,7 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry =
         telemetry::init("rancher-metadata", args.common.log_format, args.common.log.as_deref().unwrap_or("info"))?;
     let metrics = Metrics::new();
-    let app = server::App::new(args.xff, &metrics);
+    let app = server::App::new(args.xff, args.host_network_self && args.answers.is_none(), &metrics);
     let readiness = admin::Readiness::new();
 
     let _cache = match &args.answers {

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::watch;
 
-use crate::data::Data;
+use crate::data::{Caller, Data};
 use crate::lookup::View;
 use crate::node::Node;
 use crate::render::{error_body, query_unescape, render, scalar_text, Format};
@@ -57,11 +57,15 @@ pub struct App {
     data: ArcSwap<Data>,
     generation: watch::Sender<u64>,
     xff: bool,
+    /// Find callers on the host's network by their container (`local_caller`).
+    local_callers: bool,
+    /// One `/proc` scan at a time: a burst of new local connections must not take every core.
+    scans: tokio::sync::Semaphore,
     metrics: HttpMetrics,
 }
 
 impl App {
-    pub fn new(xff: bool, metrics: &Metrics) -> Arc<App> {
+    pub fn new(xff: bool, local_callers: bool, metrics: &Metrics) -> Arc<App> {
         let requests = Family::<Vec<(String, String)>, Counter>::default();
         let by_code = [
             StatusCode::OK,
@@ -98,7 +102,14 @@ impl App {
             "Answer generations served (moves only when an answer changes)",
             m.generation.clone(),
         );
-        Arc::new(App { data: ArcSwap::from_pointee(Data::empty()), generation: watch::channel(0).0, xff, metrics: m })
+        Arc::new(App {
+            data: ArcSwap::from_pointee(Data::empty()),
+            generation: watch::channel(0).0,
+            xff,
+            local_callers,
+            scans: tokio::sync::Semaphore::new(1),
+            metrics: m,
+        })
     }
 
     pub fn data(&self) -> Arc<Data> {
@@ -204,17 +215,53 @@ fn parse_query(q: Option<&str>) -> Query {
     out
 }
 
-async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
-    answer_counted(&app, peer, req).await
+/// One client connection: its addresses, and the Docker container of the process at the other
+/// end, looked up at most once (and only if a request needs it).
+struct Conn {
+    peer: SocketAddr,
+    /// The server's end; unknown on the in-process router (no lookup there).
+    local: Option<SocketAddr>,
+    docker: tokio::sync::OnceCell<Option<String>>,
 }
 
-async fn answer_counted(app: &App, peer: SocketAddr, req: Request) -> Response {
-    let resp = answer(app, peer, req).await;
+impl Conn {
+    fn new(peer: SocketAddr, local: Option<SocketAddr>) -> Conn {
+        Conn { peer, local, docker: tokio::sync::OnceCell::new() }
+    }
+
+    /// The Docker id of the caller's container, if the caller shares this network namespace.
+    async fn docker_id(&self, app: &App) -> Option<String> {
+        let local = self.local?;
+        let peer = self.peer;
+        self.docker
+            .get_or_init(|| async move {
+                let _one_at_a_time = app.scans.acquire().await.ok()?;
+                let id = tokio::task::spawn_blocking(move || {
+                    crate::local_caller::docker_id(std::path::Path::new("/proc"), local, peer)
+                })
+                .await
+                .ok()
+                .flatten();
+                tracing::debug!(%peer, container = id.as_deref().unwrap_or("none"), "caller from this host's network");
+                id
+            })
+            .await
+            .clone()
+    }
+}
+
+async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+    answer_counted(&app, &Conn::new(peer, None), req).await
+}
+
+async fn answer_counted(app: &App, conn: &Conn, req: Request) -> Response {
+    let resp = answer(app, conn, req).await;
     app.metrics.count(resp.status());
     resp
 }
 
-async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
+async fn answer(app: &App, conn: &Conn, req: Request) -> Response {
+    let peer = conn.peer;
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return response(StatusCode::NOT_FOUND, "404 page not found\n", true);
     }
@@ -259,10 +306,20 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
         return response(StatusCode::OK, render(&Node::object(versions), format), false);
     };
     let ip = client_ip(peer, req.headers(), app.xff);
+    let forwarded = app.xff && req.headers().contains_key("x-forwarded-for");
     let query = parse_query(req.uri().query());
     // Everything needed is copied out: the request (and the connection's read buffer its head
     // points into) is freed now, not by each of thousands of waiters when a change releases them.
     drop(req);
+    // A caller whose address names no container may be one on the host's network: find it by
+    // its process's container, when the answer can depend on who asks (the version's root or
+    // `self`) and the address is the connection's own (not a forwarded one).
+    let about_self = rest.first().is_none_or(|f| f.eq_ignore_ascii_case("self"));
+    let look_up = about_self && !forwarded && app.local_callers && app.data().ip_is_unknown(&ip);
+    let who = match if look_up { conn.docker_id(app).await } else { None } {
+        Some(id) => Caller::Docker(id),
+        None => Caller::Ip(ip),
+    };
     let mut rx = app.generation.subscribe();
     let deadline = tokio::time::Instant::now() + query.max_wait;
     let long_poll = query.wait && query.value.is_some();
@@ -283,7 +340,7 @@ async fn answer(app: &App, peer: SocketAddr, req: Request) -> Response {
                     let (d, v) = (data.clone(), version.clone());
                     let _ = tokio::task::spawn_blocking(move || d.default_tree(&v).is_some()).await;
                 }
-                match resolve(&data, version, rest, &ip, format, long_poll) {
+                match resolve(&data, version, rest, &who, format, long_poll) {
                     Outcome::InvalidVersion if data.generation > 0 => {
                         return response(StatusCode::NOT_FOUND, error_body(404, "Invalid version", format), true)
                     }
@@ -328,9 +385,9 @@ enum Outcome {
 
 /// Looks the path up for one caller and renders it, without copying the tree: answers that do
 /// not depend on the caller are rendered once per generation and then served from a cache.
-fn resolve(data: &Data, version: &str, rest: &[String], ip: &str, format: Format, long_poll: bool) -> Outcome {
+fn resolve(data: &Data, version: &str, rest: &[String], who: &Caller, format: Format, long_poll: bool) -> Outcome {
     let Some(default) = data.default_tree(version) else { return Outcome::InvalidVersion };
-    let own = data.caller(version, ip);
+    let own = data.caller(version, who);
     let stack = own.as_ref().and_then(|o| o.get("self")?.get("stack")?.get("name")).and_then(Node::as_str);
     // An answer is the same for every caller when the caller's own entry does not hold its
     // top-level key (in either case: lookups retry lowercased).
@@ -416,12 +473,13 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Arc<App>, shutdown: i
         };
         // Answers go out whole in one write; Nagle would only hold back the tail of a big one.
         let _ = stream.set_nodelay(true);
+        let conn = Arc::new(Conn::new(peer, stream.local_addr().ok()));
         // The same handler as `router`'s, called directly: no router, layers or extensions to
         // build per connection and per request.
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(answer_counted(&app, peer, req.map(Body::new)).await) }
+            let (app, conn) = (app.clone(), conn.clone());
+            async move { Ok::<_, std::convert::Infallible>(answer_counted(&app, &conn, req.map(Body::new)).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);

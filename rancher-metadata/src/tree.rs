@@ -396,9 +396,8 @@ pub fn default_tree(snap: &Snapshot, api: Api, ctx: &Context) -> Node {
     b.obj(root, children)
 }
 
-/// The `self` subtree for a caller at `ip`, or `None` when no container has that IP.
-pub fn self_tree(snap: &Snapshot, api: Api, ip: &str) -> Option<Node> {
-    let c = snap.container_by_ip(ip)?;
+/// The `self` subtree of container `c` (the caller).
+pub fn self_tree(snap: &Snapshot, api: Api, c: &Container) -> Node {
     let b = Builder::new(snap, api);
     let mut children = vec![("container", b.container(c))];
     if let Some(svc) = c.service_uuid.as_deref().and_then(|id| snap.service(id)) {
@@ -417,7 +416,7 @@ pub fn self_tree(snap: &Snapshot, api: Api, ip: &str) -> Option<Node> {
     if let Some(h) = c.host_uuid.as_deref().and_then(|u| b.host_value(u)) {
         children.push(("host", h));
     }
-    Some(b.obj(Map::new(), children))
+    b.obj(Map::new(), children)
 }
 
 #[cfg(test)]

@@ -1,0 +1,163 @@
+//! A container on the host's network asks the `rancher-metadata` binary who it is: real Docker
+//! (the test image, `busybox wget` inside), a real nats-server, the server as an operator runs it.
+//! Its address is the host's, which names no container; the server finds it by the Docker
+//! container of the process at the other end of the connection.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use event_bus::model::Container;
+use event_bus::testkit::{fixtures, free_port, NatsServer, Terminate};
+use event_bus::{provision, Bus, NatsOptions, Provision, StateStore};
+
+const IMAGE: &str = "corral-test/busybox:1";
+
+/// `docker args…`: (succeeded, stdout, stderr).
+fn docker(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("docker").args(args).output().expect("docker not found: install docker.io");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+/// Removes the containers a test made, whatever happens.
+struct Containers(Vec<String>);
+impl Drop for Containers {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = Command::new("docker").arg("rm").arg("-f").args(&self.0).output();
+        }
+    }
+}
+
+/// A container of the test image on the host's network running `script`, created but not
+/// started, so that its Docker id can be put in the state first.
+fn create(script: &str, made: &mut Containers) -> String {
+    let (ok, id, err) = docker(&["create", "--network", "host", IMAGE, "sh", "-c", script]);
+    assert!(ok, "docker create: {err}");
+    made.0.push(id.clone());
+    id
+}
+
+/// Starts a created container and returns what it printed once it exits.
+fn run(id: &str) -> String {
+    let (_, out, err) = docker(&["start", "-a", id]);
+    format!("{out}\n{err}")
+}
+
+fn host_network_container(uuid: &str, name: &str) -> Container {
+    let mut c = fixtures::container(uuid, name, "sv-web", "st-app", "h1", "");
+    c.primary_ip = None;
+    c.ips.clear();
+    c
+}
+
+async fn put_running(store: &StateStore, uuid: &str, docker_id: &str) {
+    let mut st = fixtures::status(uuid, "h1", "running");
+    st.external_id = Some(docker_id.into());
+    store.put(&st).await.unwrap();
+}
+
+/// GET from the test process itself (a process on the host, in no container): (status, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let r = reqwest::blocking::get(format!("http://127.0.0.1:{port}{path}")).unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn a_container_on_the_host_network_gets_its_own_self() {
+    assert!(
+        Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success()).unwrap_or(false),
+        "Docker or image {IMAGE} missing: run scripts/setup (installs docker.io and busybox-static, builds the image)"
+    );
+    let nats = NatsServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store = rt.block_on(async {
+        let bus = Bus::connect(&NatsOptions::new(nats.url()), "default", Duration::from_secs(10)).await.unwrap();
+        let store = provision(&bus, &Provision::default()).await.unwrap();
+        store.put(&fixtures::host("h1", "host-one", "127.0.0.1")).await.unwrap();
+        store.put(&fixtures::stack("st-app", "app")).await.unwrap();
+        let mut web = fixtures::service("sv-web", "st-app", "web");
+        web.token = Some("s3cr3t-token".into());
+        store.put(&web).await.unwrap();
+        store
+    });
+    let (port, admin) = (free_port(), free_port());
+    let _server = Terminate(
+        Command::new(env!("CARGO_BIN_EXE_rancher-metadata"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--host-uuid", "h1", "--log", "warn"])
+            .env("CORRAL_NATS_URL", nats.url())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz")).map(|r| r.status() != 200).unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "rancher-metadata never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut made = Containers(Vec::new());
+    let url = format!("http://127.0.0.1:{port}/latest");
+    let ask = |path: &str| format!("echo \"{path}=$(wget -qO- {url}{path} 2>&1)\"");
+    let script = [
+        ask("/self/container/name"),
+        ask("/self/service/name"),
+        ask("/self/service/token"),
+        ask("/self/stack/name"),
+        ask("/self/host/uuid"),
+    ]
+    .join("; ");
+
+    // A container of app/web on the host's network, known to the state by its Docker id.
+    let web1 = create(&script, &mut made);
+    rt.block_on(async {
+        store.put(&host_network_container("c1", "app-web-1")).await.unwrap();
+        put_running(&store, "c1", &web1).await;
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(port, "/latest/containers/app-web-1/state").1 != "running" {
+        assert!(Instant::now() < deadline, "the container's status never reached the server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run(&web1);
+    for line in [
+        "/self/container/name=app-web-1",
+        "/self/service/name=web",
+        "/self/service/token=s3cr3t-token",
+        "/self/stack/name=app",
+        "/self/host/uuid=h1",
+    ] {
+        assert!(out.lines().any(|l| l == line), "expected {line:?} in what the container saw:\n{out}");
+    }
+
+    // A container on the host's network that Corral does not run is an unknown caller, as in
+    // Rancher: its host, nothing else, and never another container's token.
+    let stranger = create(&script, &mut made);
+    let out = run(&stranger);
+    assert!(out.lines().any(|l| l == "/self/host/uuid=h1"), "{out}");
+    for line in out.lines().filter(|l| !l.starts_with("/self/host/")) {
+        assert!(line.contains("404"), "an unknown container was answered {line:?}:\n{out}");
+    }
+
+    // So is a process on the host that is in no container (here, this test).
+    assert_eq!(get(port, "/latest/self/container/name").0, 404);
+    assert_eq!(get(port, "/latest/self/host/uuid"), (200, "h1".to_string()));
+
+    // Once its container is removed from the state, the Docker id names nobody.
+    let web1_again = create(&script, &mut made);
+    rt.block_on(put_running(&store, "c1", &web1_again));
+    std::thread::sleep(Duration::from_millis(300));
+    rt.block_on(store.delete(&"container.c1".parse().unwrap())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(port, "/latest/containers/app-web-1").0 != 404 {
+        assert!(Instant::now() < deadline, "the removal never reached the server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = run(&web1_again);
+    assert!(out.contains("/self/service/token=") && !out.contains("s3cr3t-token"), "{out}");
+}
