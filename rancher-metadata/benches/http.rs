@@ -5,9 +5,12 @@
 //!   and text) on the release `rancher-metadata`, and against nginx serving the same bytes as
 //!   static files (the ceiling for "answer with bytes from memory"). RSS of rancher-metadata.
 //! - Propagation: 10,000 long-polls on `/latest/version`; time from a KV write to each waiter's
-//!   answer (p50/p99/max), over several rounds.
+//!   answer (p50/p99/max), over several rounds. References in the same run, same client: nginx
+//!   with nchan (10,000 long-poll subscribers released by one publish) and a bare writer (a
+//!   process that only writes a fixed answer to each parked connection: the machine's floor).
 //!
-//! Needs `wrk` and `nginx` (Debian: wrk, nginx-light); `scripts/bench/metadata` installs them.
+//! Needs `wrk`, `nginx` and nchan (Debian: wrk, nginx-light, libnginx-mod-nchan);
+//! `scripts/bench/metadata` installs them.
 //! Run: `cargo bench -p rancher-metadata --bench http`.
 
 use std::process::{Command, Stdio};
@@ -126,18 +129,18 @@ fn histogram_delta(before: &str, after: &str, name: &str) -> impl Fn(f64) -> Str
     }
 }
 
-/// The long-poll clients of one round: `WAITERS` connections asking `/latest/version` to change
-/// from `version`; returns when each saw its whole answer. One thread with a single-threaded
+/// The long-poll clients of one round: `WAITERS` connections asking `target` (a path and query),
+/// say `/latest/version?wait=true&value=V`; returns when each saw its whole answer. One thread with a single-threaded
 /// runtime and no more than a read per socket, so the client takes at most one of the two cores
 /// and as little of it as it can: what the figure shows is mostly the server. Also returns the
 /// CPU time this thread spent from the first answer on.
-fn waiters(port: u16, version: &str, keep_alive: bool) -> (Vec<Instant>, u64) {
+fn waiters(port: u16, target: &str, keep_alive: bool) -> (Vec<Instant>, u64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let request: std::sync::Arc<str> = if keep_alive {
-        format!("GET /latest/version?wait=true&value={version}&maxWait=120 HTTP/1.1\r\nHost: metadata\r\n\r\n")
+        format!("GET {target} HTTP/1.1\r\nHost: metadata\r\n\r\n")
     } else {
-        format!("GET /latest/version?wait=true&value={version}&maxWait=120 HTTP/1.0\r\n\r\n")
+        format!("GET {target} HTTP/1.0\r\n\r\n")
     }
     .into();
     rt.block_on(async move {
@@ -179,6 +182,186 @@ fn waiters(port: u16, version: &str, keep_alive: bool) -> (Vec<Instant>, u64) {
     })
 }
 
+/// Answer delays of all rounds of one server, from the write (or publish) to each answer.
+#[derive(Default)]
+struct Rounds(Vec<Duration>);
+
+impl Rounds {
+    fn add(&mut self, written: Instant, seen: Vec<Instant>) {
+        self.0.extend(seen.into_iter().map(|t| t - written));
+        self.0.sort();
+    }
+    fn pct(&self, p: f64) -> Duration {
+        self.0[((self.0.len() as f64 * p) as usize).min(self.0.len() - 1)]
+    }
+    fn p99(&self) -> f64 {
+        self.pct(0.99).as_secs_f64()
+    }
+    /// `first | p50 | p99 | max`, in ms.
+    fn row(&self) -> String {
+        let ms = |d: Duration| format!("{:.1} ms", d.as_secs_f64() * 1e3);
+        format!("{} | {} | {} | {}", ms(self.0[0]), ms(self.pct(0.5)), ms(self.pct(0.99)), ms(self.0[self.0.len() - 1]))
+    }
+}
+
+/// nginx with the nchan module: long-poll subscribers on `/sub?id=<channel>`, released by a
+/// POST to `/pub?id=<channel>` (a fresh channel per round, so no subscriber finds an old message).
+/// Two workers, as the other nginx reference and as rancher-metadata's two runtime workers.
+struct Nchan {
+    port: u16,
+    _dir: tempfile::TempDir,
+    _process: Terminate,
+}
+
+const NCHAN_MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+impl Nchan {
+    fn start() -> Nchan {
+        need("nginx", "nginx-light");
+        assert!(
+            std::path::Path::new(NCHAN_MODULE).exists(),
+            "{NCHAN_MODULE} not found: install the Debian package libnginx-mod-nchan (scripts/bench/metadata does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "load_module {NCHAN_MODULE};\n\
+                 daemon off; worker_processes 2; worker_rlimit_nofile 20000; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 15000; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
+                 fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                 server {{ listen 127.0.0.1:{port} backlog=8192;\n\
+                 location = /sub {{ nchan_subscriber longpoll; nchan_channel_id $arg_id; nchan_subscriber_timeout 120s; }}\n\
+                 location = /pub {{ nchan_publisher; nchan_channel_id $arg_id; }}\n\
+                 location = /status {{ nchan_stub_status; }} }} }}\n",
+                d = dir.path().display()
+            ),
+        )
+        .unwrap();
+        let process = Terminate(
+            Command::new("nginx")
+                .args(["-c", conf.to_str().unwrap(), "-p", dir.path().to_str().unwrap()])
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx with nchan did not start (see its error.log)");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nchan { port, _dir: dir, _process: process }
+    }
+
+    /// Waits until `n` subscribers wait (nchan's `nchan_stub_status`: `subscribers: N`).
+    fn wait_for_subscribers(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = reqwest::blocking::get(format!("http://127.0.0.1:{}/status", self.port))
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            let active = status
+                .lines()
+                .find_map(|l| l.strip_prefix("subscribers: "))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if active >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {active} of {n} nchan subscribers arrived");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Publishes a version-sized message to `channel`, releasing its subscribers.
+    fn publish(&self, channel: &str) {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("http://127.0.0.1:{}/pub?id={channel}", self.port))
+            .body("12346")
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "nchan publish: {}", r.status());
+    }
+}
+
+/// One round against the bare writer: a child process (this bench binary with `--bare-writer`;
+/// the client and 10,000 server sockets would not fit one process's file limit) accepts the
+/// waiters, reads each request, says so, and on a line from us writes one fixed answer of
+/// rancher-metadata's size to each connection in turn (and, for HTTP/1.0, closes it). Returns
+/// when the go was given and when each answer arrived.
+fn bare_writer_round(keep_alive: bool) -> (Instant, Vec<Instant>) {
+    use std::io::{BufRead, Write};
+    let port = free_port();
+    let mut child = Terminate(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--bare-writer", &port.to_string(), if keep_alive { "keep" } else { "close" }])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    let client = std::thread::spawn(move || waiters(port, "/latest/version", keep_alive));
+    assert_eq!(lines.next().unwrap().unwrap(), "parked", "bare writer");
+    let mut stdin = child.0.stdin.take().unwrap();
+    let written = Instant::now();
+    stdin.write_all(b"go\n").unwrap();
+    let seen = client.join().unwrap().0;
+    (written, seen)
+}
+
+/// The bare writer's side (see `bare_writer_round`).
+fn bare_writer(port: u16, keep_alive: bool) {
+    use std::io::{BufRead, Read, Write};
+    let socket = deep_listener(port);
+    println!("listening");
+    let mut parked = Vec::with_capacity(WAITERS);
+    for _ in 0..WAITERS {
+        let (mut s, _) = socket.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let (mut buf, mut len) = ([0u8; 1024], 0);
+        while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf[len..]).unwrap();
+            assert!(n > 0, "client left before its request was read");
+            len += n;
+        }
+        parked.push(s);
+    }
+    println!("parked");
+    std::io::stdout().flush().unwrap();
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go).unwrap();
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                   access-control-allow-origin: *\r\ncontent-length: 5\r\n\
+                   date: Sat, 28 Nov 2026 02:00:00 GMT\r\n\r\n12346";
+    if keep_alive {
+        for s in &mut parked {
+            s.write_all(answer).unwrap();
+        }
+        // Connections stay open until the round's client is done (it closes them).
+        std::thread::sleep(Duration::from_secs(60));
+    } else {
+        for mut s in parked {
+            s.write_all(answer).unwrap();
+        }
+    }
+}
+
+/// A blocking listener with a deep accept queue (the client opens 256 connections at a time).
+fn deep_listener(port: u16) -> std::net::TcpListener {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+    let _guard = rt.enter();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(([127, 0, 0, 1], port).into()).unwrap();
+    let listener = socket.listen(8192).unwrap().into_std().unwrap();
+    listener.set_nonblocking(false).unwrap();
+    listener
+}
+
 /// Whether `raw` holds a whole HTTP response (head and `Content-Length` bytes of body).
 fn answer_complete(raw: &[u8]) -> bool {
     let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
@@ -194,6 +377,12 @@ fn answer_complete(raw: &[u8]) -> bool {
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` / cargo test's bench discovery
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, port, mode] = &args[..] {
+        if flag == "--bare-writer" {
+            return bare_writer(port.parse().unwrap(), mode == "keep");
+        }
     }
     // `cargo bench -p rancher-metadata --bench http -- propagation` runs only the parts named.
     let parts: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
@@ -309,14 +498,25 @@ fn main() {
     }
     if run("propagation") {
         // Propagation to 10,000 long-polls, as confd's Go client asks (HTTP/1.1, the connection
-        // kept) and as `curl` in a shell loop does (HTTP/1.0, closed after the answer).
+        // kept) and as `curl` in a shell loop does (HTTP/1.0, closed after the answer). The same
+        // client, in the same run, against two references: nginx with the nchan module (a
+        // production C server built for this fan-out: long-poll subscribers released by one
+        // publish) and a bare writer (a process that only writes one fixed answer to each parked
+        // connection: what this machine's loopback TCP costs, the floor under any server).
+        let nchan = Nchan::start();
+        println!(
+            "| client | server | first | p50 | p99 | max | p99 vs nchan | p99 vs bare writer | server side p50 / p99 | \
+             CPU per waiter, server / client |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for keep_alive in [true, false] {
             let before = metrics_text(admin);
-            let mut all = Vec::new();
+            let (mut ours, mut reference, mut floor) = (Rounds::default(), Rounds::default(), Rounds::default());
             let (mut server_cpu, mut client_cpu) = (0, 0);
             for round in 0..ROUNDS {
                 let version = http.get(format!("{base}/latest/version")).send().unwrap().text().unwrap();
-                let client = std::thread::spawn(move || waiters(port, &version, keep_alive));
+                let target = format!("/latest/version?wait=true&value={version}&maxWait=120");
+                let client = std::thread::spawn(move || waiters(port, &target, keep_alive));
                 // Let every waiter arrive before the write.
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while waiting(admin) < WAITERS && Instant::now() < deadline {
@@ -333,26 +533,38 @@ fn main() {
                 let (seen, client_ns) = client.join().unwrap();
                 server_cpu += cpu_ns(server.id()) - cpu;
                 client_cpu += client_ns;
-                all.extend(seen.into_iter().map(|t| t - written));
+                ours.add(written, seen);
+                // The references right after, so that all three meet the same machine.
+                let channel = format!("r-{keep_alive}-{round}");
+                let target = format!("/sub?id={channel}");
+                let client = std::thread::spawn(move || waiters(nchan.port, &target, keep_alive));
+                nchan.wait_for_subscribers(WAITERS);
+                let written = Instant::now();
+                nchan.publish(&channel);
+                reference.add(written, client.join().unwrap().0);
+                let (written, seen) = bare_writer_round(keep_alive);
+                floor.add(written, seen);
             }
-            all.sort();
-            let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
-            let server = histogram_delta(&before, &metrics_text(admin), "corral_metadata_change_to_answer_seconds");
+            let server_hist =
+                histogram_delta(&before, &metrics_text(admin), "corral_metadata_change_to_answer_seconds");
+            let client = if keep_alive { "HTTP/1.1, kept" } else { "HTTP/1.0, closed" };
+            let per_waiter = |ns: u64| ns as f64 / (ROUNDS * WAITERS) as f64 / 1e3;
             println!(
-                "propagation ({}), KV write -> answer read by the client, {WAITERS} waiters x {ROUNDS} rounds: \
-                 first {:?}, p50 {:?}, p99 {:?}, max {:?}; server side, new generation -> answer handed to \
-                 the connection: p50 <= {}, p99 <= {}; CPU from the write to the last answer, per waiter: \
-                 server {:.1} µs, client {:.1} µs",
-                if keep_alive { "HTTP/1.1 keep-alive" } else { "HTTP/1.0 close" },
-                all[0],
-                pct(0.50),
-                pct(0.99),
-                all[all.len() - 1],
-                server(0.50),
-                server(0.99),
-                server_cpu as f64 / (ROUNDS * WAITERS) as f64 / 1e3,
-                client_cpu as f64 / (ROUNDS * WAITERS) as f64 / 1e3,
+                "| {client} | rancher-metadata | {} | {:.2} | {:.2} | server <= {} / <= {} | {:.1} µs / {:.1} µs |",
+                ours.row(),
+                ours.p99() / reference.p99(),
+                ours.p99() / floor.p99(),
+                server_hist(0.50),
+                server_hist(0.99),
+                per_waiter(server_cpu),
+                per_waiter(client_cpu),
             );
+            println!(
+                "| {client} | nginx + nchan | {} | 1.00 | {:.2} | | |",
+                reference.row(),
+                reference.p99() / floor.p99()
+            );
+            println!("| {client} | bare writer | {} | | 1.00 | | |", floor.row());
         }
     }
     println!("rancher-metadata RSS now: {:.1} MB (peak {:.1} MB)", rss_now_mb(server.id()), rss_mb(server.id()));
