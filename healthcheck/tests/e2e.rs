@@ -89,7 +89,7 @@ async fn an_unhealthy_container_leaves_dns_and_shows_in_metadata() {
         rancher_dns::server::bind("127.0.0.1:0".parse().unwrap(), rancher_dns::server::Handler(shared), 1)
             .await
             .unwrap();
-    let app = rancher_metadata::server::App::new(false, false, &metrics);
+    let app = rancher_metadata::server::App::new(false, None, &metrics);
     tokio::spawn(rancher_metadata::source::follow_cache(app.clone(), cache.clone(), Some("h1".into())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let md_port = listener.local_addr().unwrap().port();

@@ -264,7 +264,10 @@ impl Data {
                 }
                 let container = match who {
                     Caller::Ip(ip) => snap.container_by_ip(ip),
-                    Caller::Docker(id) => snap.container_by_docker_id(id),
+                    Caller::Docker(id) => {
+                        let here = self.lazy.as_ref().and_then(|l| l.ctx.local_host_uuid.as_deref());
+                        snap.container_by_docker_id(id, here)
+                    }
                 };
                 let entry = container.map(|c| Node::object(vec![("self".into(), tree::self_tree(snap, api, c))]));
                 // Only known containers are cached (an unknown or forged X-Forwarded-For value

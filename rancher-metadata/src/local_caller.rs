@@ -1,66 +1,90 @@
-//! Who a caller on this machine's own network is: the Docker container of the process that holds
-//! the other end of the connection, found through `/proc`.
+//! Who a caller on this machine's own network is: the Docker container whose cgroup the caller's
+//! socket was made in.
 //!
 //! A container on the host's network calls from the host's address, which names no container,
 //! so the original gave it only `/self/host`. When the connection comes from the server's own
-//! network namespace, the kernel's socket table (`/proc/net/tcp`, `/proc/net/tcp6`) has the
-//! caller's end of it; the process holding that socket (`/proc/<pid>/fd`) sits in its
-//! container's cgroup (`/proc/<pid>/cgroup`), whose last path element carries the Docker id that
-//! the deploy agent records as the container's `external_id`.
+//! network namespace, the kernel knows the caller's end of it, and tells (netlink `sock_diag`,
+//! attribute `INET_DIAG_CGROUP_ID`) the id of the cgroup v2 group its socket was created in.
+//! That id is the inode number of the group's directory in the cgroup v2 hierarchy; Docker makes
+//! one directory per container, `docker/<id>` (cgroupfs driver) or
+//! `system.slice/docker-<id>.scope` (systemd driver). The caller is the container whose directory
+//! that is.
 //!
-//! Only an answer every holder of the socket agrees on counts: a socket held by processes of
-//! two containers (passed over a unix socket) or by none that can be read names nobody.
+//! Why this cannot be faked by a caller: a socket is marked with its creator's cgroup by the
+//! kernel, only root can put a process into a container's cgroup, and only these two exact
+//! directories of the host's hierarchy count (a group a user or a container made under its own
+//! subtree, whatever its name, is not one of them). A process in a sub-group of a container, or
+//! a socket a container's process was handed by a process outside it, is an unknown caller.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-/// The Docker id of the container whose process holds the caller's end of the connection
-/// `server` ← `peer`, when that end is in this network namespace and all of its holders are in
-/// one container. `proc_root` is `/proc` (a parameter for tests).
-pub fn docker_id(proc_root: &Path, server: SocketAddr, peer: SocketAddr) -> Option<String> {
-    let inode = caller_socket_inode(proc_root, server, peer)?;
-    let target = format!("socket:[{inode}]");
-    let mut found: Option<String> = None;
-    let mut holders = 0;
-    for pid in std::fs::read_dir(proc_root).ok()?.flatten() {
-        if !pid.file_name().as_encoded_bytes().iter().all(u8::is_ascii_digit) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(pid.path().join("fd")) else { continue };
-        let holds =
-            fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str()));
-        if !holds {
-            continue;
-        }
-        holders += 1;
-        let id = std::fs::read_to_string(pid.path().join("cgroup")).ok().and_then(|c| container_of_cgroup(&c));
-        match (&found, id) {
-            (_, None) => return None,
-            (None, Some(id)) => found = Some(id),
-            (Some(a), Some(b)) if *a == b => {}
-            (Some(_), Some(_)) => return None,
-        }
-    }
-    found.filter(|_| holders > 0)
+/// Finds callers' containers through the host's cgroup v2 hierarchy mounted at `root`.
+#[derive(Debug, Clone)]
+pub struct LocalCallers {
+    root: PathBuf,
 }
 
-/// The inode of the socket whose local end is `peer` and remote end `server`: the caller's end,
-/// present only when the caller shares this network namespace. Asked of the kernel for that one
-/// socket (netlink `sock_diag`); read from the whole table only where netlink is refused, as that
-/// table holds every socket of the host, `TIME_WAIT` ones included (tens of ms for 10,000).
-fn caller_socket_inode(proc_root: &Path, server: SocketAddr, peer: SocketAddr) -> Option<u64> {
-    let (server, peer) = (unmapped(server), unmapped(peer));
-    if proc_root == Path::new("/proc") {
-        if let Ok(found) = sock_diag::established_inode(peer, server) {
-            return found;
+impl LocalCallers {
+    /// The host's cgroup v2 hierarchy as this process sees it (`/proc/self/mountinfo`: a
+    /// `cgroup2` mount of the hierarchy's root, e.g. `/sys/fs/cgroup` or, on hybrid hosts,
+    /// `/sys/fs/cgroup/unified`). `Err` says why there is none.
+    pub fn detect() -> Result<LocalCallers, String> {
+        let mountinfo =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+        cgroup2_root(&mountinfo).map(|root| LocalCallers { root }).ok_or_else(|| {
+            "no cgroup v2 hierarchy of the host is mounted here (a container needs the host's \
+             cgroup namespace and /sys/fs/cgroup)"
+                .to_string()
+        })
+    }
+
+    /// The Docker id of the container in which the caller's end of the connection `server` ←
+    /// `peer` was made, when that end is in this network namespace.
+    pub fn docker_id(&self, server: SocketAddr, peer: SocketAddr) -> Option<String> {
+        let cgroup = sock_diag::cgroup_of_established(unmapped(peer), unmapped(server))?;
+        container_of_cgroup(&self.root, cgroup)
+    }
+}
+
+/// The mount point of a `cgroup2` file system whose root is the hierarchy's root (`/`).
+fn cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let f: Vec<&str> = left.split(' ').collect();
+        let mount = f.get(4)?;
+        (right.split(' ').next() == Some("cgroup2") && f.get(3) == Some(&"/"))
+            .then(|| PathBuf::from(mount.replace("\\040", " ")))
+    })
+}
+
+/// The container whose Docker cgroup directory has inode `cgroup`.
+fn container_of_cgroup(root: &Path, cgroup: u64) -> Option<String> {
+    for dir in ["docker", "system.slice"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| docker_id_in_name(dir, n)) else { continue };
+            if entry.metadata().is_ok_and(|m| m.is_dir() && m.ino() == cgroup) {
+                return Some(id.to_string());
+            }
         }
     }
-    let table = match peer.ip() {
-        IpAddr::V4(_) => "net/tcp",
-        IpAddr::V6(_) => "net/tcp6",
+    None
+}
+
+/// `docker/<id>` (cgroupfs driver) or `system.slice/docker-<id>.scope` (systemd driver).
+fn docker_id_in_name<'a>(dir: &str, name: &'a str) -> Option<&'a str> {
+    let id = match dir {
+        "docker" => name,
+        _ => name.strip_prefix("docker-")?.strip_suffix(".scope")?,
     };
-    let text = std::fs::read_to_string(proc_root.join(table)).ok()?;
-    socket_inode(&text, peer, server)
+    is_docker_id(id).then_some(id)
+}
+
+fn is_docker_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn unmapped(a: SocketAddr) -> SocketAddr {
@@ -73,92 +97,53 @@ fn unmapped(a: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Finds the established socket `local` → `remote` in a `/proc/net/tcp{,6}` table.
-fn socket_inode(table: &str, local: SocketAddr, remote: SocketAddr) -> Option<u64> {
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-        if f.len() < 10 || f[3] != "01" {
-            continue;
-        }
-        if parse_addr(f[1]) == Some(local) && parse_addr(f[2]) == Some(remote) {
-            return f[9].parse().ok().filter(|i| *i != 0);
-        }
-    }
-    None
-}
-
-/// `0100007F:1F90` (IPv4) or 32 hex digits then the port (IPv6): the address as the kernel
-/// prints it, 32-bit words in the machine's byte order.
-fn parse_addr(s: &str) -> Option<SocketAddr> {
-    let (addr, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word =
-        |i: usize| addr.get(i * 8..i * 8 + 8).and_then(|w| u32::from_str_radix(w, 16).ok()).map(u32::to_ne_bytes);
-    let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(b))
-        }
-        _ => return None,
-    };
-    Some(unmapped(SocketAddr::new(ip, port)))
-}
-
-/// The container id in a `/proc/<pid>/cgroup` file: the last path element that is, or wraps,
-/// 64 hex digits (`/docker/<id>` with the cgroupfs driver, `/system.slice/docker-<id>.scope` with
-/// systemd). A process outside any container has none.
-fn container_of_cgroup(cgroup: &str) -> Option<String> {
-    let mut found = None;
-    for line in cgroup.lines() {
-        let path = line.splitn(3, ':').nth(2)?;
-        let Some(last) = path.rsplit('/').next() else { continue };
-        let id = last.strip_prefix("docker-").unwrap_or(last);
-        let id = id.strip_suffix(".scope").unwrap_or(id);
-        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            match &found {
-                None => found = Some(id.to_ascii_lowercase()),
-                Some(f) if f == id => {}
-                Some(_) => return None,
-            }
-        }
-    }
-    found
-}
-
 /// One exact socket lookup over netlink (`SOCK_DIAG_BY_FAMILY` without a dump: the kernel finds
 /// the socket by its addresses). Layouts from linux/netlink.h and linux/inet_diag.h.
 mod sock_diag {
     use std::net::{IpAddr, SocketAddr};
 
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const NLMSG_ERROR: u16 = 2;
     const TCP_ESTABLISHED: u8 = 1;
+    const INET_DIAG_CGROUP_ID: u16 = 21;
+    /// nlmsghdr (16 bytes) + inet_diag_msg (72 bytes); attributes follow.
+    const ATTRIBUTES_AT: usize = 88;
 
-    /// `Err` when netlink cannot be used here (then read the tables); `Ok(None)` when the kernel
-    /// has no established socket `local` → `remote` in this namespace.
-    pub fn established_inode(local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>, ()> {
+    /// The cgroup v2 id of the established socket whose local end is `local` and remote end
+    /// `remote`, if this network namespace has one (and the kernel reports cgroup ids).
+    pub fn cgroup_of_established(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
         let family = match (local.ip(), remote.ip()) {
             (IpAddr::V4(_), IpAddr::V4(_)) => libc::AF_INET,
             (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6,
-            _ => return Ok(None),
+            _ => return None,
         };
         let reply = ask(&request(family as u8, local, remote))?;
-        // nlmsghdr (16 bytes): len, type, flags, seq, pid; then inet_diag_msg: family, state,
-        // timer, retrans, the 48-byte socket id, expires, rqueue, wqueue, uid, inode.
-        let kind = reply.get(4..6).map(|b| u16::from_ne_bytes([b[0], b[1]])).ok_or(())?;
-        if kind == NLMSG_ERROR {
-            return Ok(None);
+        cgroup_in_reply(&reply)
+    }
+
+    /// Reads a reply: an error message (no such socket) has another type; a socket in another
+    /// state than established is not a caller.
+    pub(super) fn cgroup_in_reply(reply: &[u8]) -> Option<u64> {
+        let u16_at = |i: usize| reply.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+        let len = reply.get(0..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)?;
+        if u16_at(4)? != SOCK_DIAG_BY_FAMILY || len > reply.len() || len < ATTRIBUTES_AT {
+            return None;
         }
-        if kind != SOCK_DIAG_BY_FAMILY || reply.len() < 88 {
-            return Err(());
+        if reply[17] != TCP_ESTABLISHED {
+            return None;
         }
-        let inode = u32::from_ne_bytes([reply[84], reply[85], reply[86], reply[87]]);
-        Ok((reply[17] == TCP_ESTABLISHED && inode != 0).then_some(u64::from(inode)))
+        let mut at = ATTRIBUTES_AT;
+        while at + 4 <= len {
+            let (size, kind) = (u16_at(at)? as usize, u16_at(at + 2)?);
+            if size < 4 || at + size > len {
+                return None;
+            }
+            if kind == INET_DIAG_CGROUP_ID && size == 12 {
+                let b = &reply[at + 4..at + 12];
+                return Some(u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+            }
+            at += (size + 3) & !3;
+        }
+        None
     }
 
     fn request(family: u8, local: SocketAddr, remote: SocketAddr) -> Vec<u8> {
@@ -185,13 +170,13 @@ mod sock_diag {
     }
 
     /// Sends one request to the kernel and returns its one reply.
-    fn ask(request: &[u8]) -> Result<Vec<u8>, ()> {
+    fn ask(request: &[u8]) -> Option<Vec<u8>> {
         // SAFETY: plain socket calls on a descriptor this function owns and closes; every buffer
         // passed is valid for the length given.
         unsafe {
             let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG);
             if fd < 0 {
-                return Err(());
+                return None;
             }
             let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
             libc::setsockopt(
@@ -219,10 +204,10 @@ mod sock_diag {
             };
             libc::close(fd);
             if got < 16 {
-                return Err(());
+                return None;
             }
             reply.truncate(got as usize);
-            Ok(reply)
+            Some(reply)
         }
     }
 }
@@ -234,47 +219,69 @@ mod tests {
     const ID: &str = "59f921231275899f49a2f31349c63e9cf7db5103badb493785465d8b7f338738";
 
     #[test]
-    fn cgroup_paths_of_both_docker_drivers_and_none() {
-        assert_eq!(container_of_cgroup(&format!("12:pids:/docker/{ID}\n0::/docker/{ID}\n")).as_deref(), Some(ID));
-        assert_eq!(container_of_cgroup(&format!("0::/system.slice/docker-{ID}.scope\n")).as_deref(), Some(ID));
-        assert_eq!(container_of_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"), None);
-        assert_eq!(container_of_cgroup("4:memory:/process_api/2fa58b7226941988c15c50a556961cc7\n0::/\n"), None);
+    fn the_cgroup2_mount_of_the_hierarchy_root() {
+        let hybrid = "24 31 0:21 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup2_root(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let v2 = "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(cgroup2_root(v2), Some(PathBuf::from("/sys/fs/cgroup")));
+        // A container's own namespace shows its group as the root of a bind mount: not the host's.
+        let inner = "700 690 0:26 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup ro\n";
+        assert_eq!(cgroup2_root(inner), None);
+        assert_eq!(cgroup2_root("25 24 0:22 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"), None);
     }
 
     #[test]
-    fn socket_table_lines() {
-        let table =
-            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 100 1 0 100 0 0 10 0\n\
-   1: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 20 4 30 10 -1\n";
-        let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let server: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        assert_eq!(socket_inode(table, client, server), Some(4242));
-        // The listening socket is not a caller, and the server's own end is not the caller's.
-        assert_eq!(socket_inode(table, server, client), None);
-        let v6 = "0000000000000000FFFF00000100007F:9C40";
-        assert_eq!(parse_addr(v6), Some(client));
+    fn only_the_two_docker_layouts_name_a_container() {
+        let root = tempfile::tempdir().unwrap();
+        let plain = root.path().join("docker").join(ID);
+        let scope = root.path().join("system.slice").join(format!("docker-{}.scope", ID.replace('5', "6")));
+        let forged = root.path().join("user.slice").join(format!("docker-{ID}.scope"));
+        let nested = plain.join("inner");
+        for d in [&plain, &scope, &forged, &nested] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        assert_eq!(container_of_cgroup(root.path(), ino(&plain)).as_deref(), Some(ID));
+        assert_eq!(container_of_cgroup(root.path(), ino(&scope)), Some(ID.replace('5', "6")));
+        assert_eq!(container_of_cgroup(root.path(), ino(&forged)), None);
+        assert_eq!(container_of_cgroup(root.path(), ino(&nested)), None);
+        assert!(!is_docker_id(&ID.to_uppercase()) && !is_docker_id(&ID[1..]));
     }
 
-    /// netlink and the table agree on a real connection's two ends, and neither knows a
-    /// connection that does not exist.
+    /// The kernel answers for a real connection: the caller's end is established and has a
+    /// cgroup (this test's own: the hierarchy's root or some group, never a container's unless
+    /// the test itself runs in one); a connection that does not exist has none.
     #[test]
-    fn a_real_connection_is_found_both_ways() {
+    fn a_real_connection_is_found() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let server = listener.local_addr().unwrap();
-        let client = std::net::TcpStream::connect(server).unwrap();
+        let _client = std::net::TcpStream::connect(server).unwrap();
         let (_accepted, peer) = listener.accept().unwrap();
-        assert_eq!(peer, client.local_addr().unwrap());
-        let by_netlink = sock_diag::established_inode(peer, server).expect("netlink sock_diag");
-        let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        let by_table = socket_inode(&text, peer, server);
-        assert!(by_netlink.is_some());
-        assert_eq!(by_netlink, by_table);
-        // The other end is another socket.
-        assert_ne!(sock_diag::established_inode(server, peer).unwrap(), by_netlink);
+        assert!(
+            sock_diag::cgroup_of_established(peer, server).is_some(),
+            "the kernel does not report socket cgroups (INET_DIAG_CGROUP_ID) over sock_diag"
+        );
         let nobody: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(sock_diag::established_inode(nobody, server).unwrap(), None);
-        // This test's process holds the client socket and is in no container.
-        assert_eq!(docker_id(Path::new("/proc"), server, peer), None);
+        assert_eq!(sock_diag::cgroup_of_established(nobody, server), None);
+    }
+
+    #[test]
+    fn replies_that_are_not_an_established_socket_with_a_cgroup() {
+        let mut reply = vec![0u8; 100];
+        reply[0..4].copy_from_slice(&100u32.to_ne_bytes());
+        reply[4..6].copy_from_slice(&20u16.to_ne_bytes());
+        reply[17] = 1;
+        reply[88..90].copy_from_slice(&12u16.to_ne_bytes());
+        reply[90..92].copy_from_slice(&21u16.to_ne_bytes());
+        reply[92..100].copy_from_slice(&4242u64.to_ne_bytes());
+        assert_eq!(sock_diag::cgroup_in_reply(&reply), Some(4242));
+        let mut listening = reply.clone();
+        listening[17] = 10;
+        assert_eq!(sock_diag::cgroup_in_reply(&listening), None);
+        let mut error = reply.clone();
+        error[4..6].copy_from_slice(&2u16.to_ne_bytes());
+        assert_eq!(sock_diag::cgroup_in_reply(&error), None);
+        assert_eq!(sock_diag::cgroup_in_reply(&reply[..60]), None);
     }
 }

@@ -25,9 +25,10 @@ struct Args {
     #[arg(long, env = "CORRAL_METADATA_XFF")]
     xff: bool,
     /// Find callers on the host's network (whose address names no container) by the Docker
-    /// container of the process at the other end of the connection, through /proc: they get
-    /// their own `self` instead of only `/self/host`. Needs the host's PID namespace and root
-    /// (`pid: host` as a container); without them such callers stay unknown, as in Rancher.
+    /// container their socket was made in (the kernel's socket cgroup): they get their own `self`
+    /// instead of only `/self/host`. Needs the host's network and cgroup namespaces and its cgroup
+    /// v2 hierarchy (as a container: `network_mode: host`, `cgroup: host`); without them such
+    /// callers stay unknown, as in Rancher.
     #[arg(long, env = "CORRAL_METADATA_HOST_NETWORK_SELF", default_value_t = true, action = clap::ArgAction::Set)]
     host_network_self: bool,
     /// The host this server answers for: `/self/host` of callers that are not known containers.
@@ -48,7 +49,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry =
         telemetry::init("rancher-metadata", args.common.log_format, args.common.log.as_deref().unwrap_or("info"))?;
     let metrics = Metrics::new();
-    let app = server::App::new(args.xff, args.host_network_self && args.answers.is_none(), &metrics);
+    let local_callers = match (args.host_network_self, &args.answers) {
+        (true, None) => rancher_metadata::local_caller::LocalCallers::detect()
+            .inspect_err(|why| tracing::warn!("callers on the host's network stay unknown callers: {why}"))
+            .ok(),
+        _ => None,
+    };
+    let app = server::App::new(args.xff, local_callers, &metrics);
     let readiness = admin::Readiness::new();
 
     let _cache = match &args.answers {

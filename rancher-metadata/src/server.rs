@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::watch;
 
 use crate::data::{Caller, Data};
+use crate::local_caller::LocalCallers;
 use crate::lookup::View;
 use crate::node::Node;
 use crate::render::{error_body, query_unescape, render, scalar_text, Format};
@@ -57,15 +58,13 @@ pub struct App {
     data: ArcSwap<Data>,
     generation: watch::Sender<u64>,
     xff: bool,
-    /// Find callers on the host's network by their container (`local_caller`).
-    local_callers: bool,
-    /// One `/proc` scan at a time: a burst of new local connections must not take every core.
-    scans: tokio::sync::Semaphore,
+    /// Finds callers on the host's network by their container (`local_caller`), when on.
+    local_callers: Option<LocalCallers>,
     metrics: HttpMetrics,
 }
 
 impl App {
-    pub fn new(xff: bool, local_callers: bool, metrics: &Metrics) -> Arc<App> {
+    pub fn new(xff: bool, local_callers: Option<LocalCallers>, metrics: &Metrics) -> Arc<App> {
         let requests = Family::<Vec<(String, String)>, Counter>::default();
         let by_code = [
             StatusCode::OK,
@@ -107,7 +106,6 @@ impl App {
             generation: watch::channel(0).0,
             xff,
             local_callers,
-            scans: tokio::sync::Semaphore::new(1),
             metrics: m,
         })
     }
@@ -232,16 +230,12 @@ impl Conn {
     /// The Docker id of the caller's container, if the caller shares this network namespace.
     async fn docker_id(&self, app: &App) -> Option<String> {
         let local = self.local?;
-        let peer = self.peer;
+        let (peer, callers) = (self.peer, app.local_callers.clone()?);
         self.docker
             .get_or_init(|| async move {
-                let _one_at_a_time = app.scans.acquire().await.ok()?;
-                let id = tokio::task::spawn_blocking(move || {
-                    crate::local_caller::docker_id(std::path::Path::new("/proc"), local, peer)
-                })
-                .await
-                .ok()
-                .flatten();
+                // A netlink request and a read of Docker's cgroup directories: short, but file
+                // system work, so not on the async workers.
+                let id = tokio::task::spawn_blocking(move || callers.docker_id(local, peer)).await.ok().flatten();
                 tracing::debug!(%peer, container = id.as_deref().unwrap_or("none"), "caller from this host's network");
                 id
             })
@@ -315,7 +309,7 @@ async fn answer(app: &App, conn: &Conn, req: Request) -> Response {
     // its process's container, when the answer can depend on who asks (the version's root or
     // `self`) and the address is the connection's own (not a forwarded one).
     let about_self = rest.first().is_none_or(|f| f.eq_ignore_ascii_case("self"));
-    let look_up = about_self && !forwarded && app.local_callers && app.data().ip_is_unknown(&ip);
+    let look_up = about_self && !forwarded && app.local_callers.is_some() && app.data().ip_is_unknown(&ip);
     let who = match if look_up { conn.docker_id(app).await } else { None } {
         Some(id) => Caller::Docker(id),
         None => Caller::Ip(ip),

@@ -63,7 +63,7 @@ async fn start() -> Env {
     fixture(&store).await;
     let metrics = Metrics::new();
     let cache = StateCache::start(&bus, &metrics).await.unwrap();
-    let app = App::new(false, true, &metrics);
+    let app = App::new(false, rancher_metadata::local_caller::LocalCallers::detect().ok(), &metrics);
     tokio::spawn(follow_cache(app.clone(), cache.clone(), Some("h1".into())));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -28,7 +28,7 @@ fn app() -> Arc<App> {
 fn build() -> Arc<App> {
     let shape = EnvironmentShape { hosts: 3, stacks: 2, services: 6, containers: 20 };
     let snap = Arc::new(Snapshot::from_records(7, shape.build()));
-    let app = App::new(false, false, &Metrics::new());
+    let app = App::new(false, None, &Metrics::new());
     let data = Data::from_snapshot(snap, Some("h1".into()), &app.data()).expect("answers from the fixture");
     app.publish(data);
     app

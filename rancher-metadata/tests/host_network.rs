@@ -1,7 +1,7 @@
 //! A container on the host's network asks the `rancher-metadata` binary who it is: real Docker
 //! (the test image, `busybox wget` inside), a real nats-server, the server as an operator runs it.
 //! Its address is the host's, which names no container; the server finds it by the Docker
-//! container of the process at the other end of the connection.
+//! container its socket was made in (the socket's cgroup, from the kernel).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,10 +32,10 @@ impl Drop for Containers {
     }
 }
 
-/// A container of the test image on the host's network running `script`, created but not
-/// started, so that its Docker id can be put in the state first.
+/// A container of the test image on the host's network running `script` as an unprivileged
+/// user, created but not started, so that its Docker id can be put in the state first.
 fn create(script: &str, made: &mut Containers) -> String {
-    let (ok, id, err) = docker(&["create", "--network", "host", IMAGE, "sh", "-c", script]);
+    let (ok, id, err) = docker(&["create", "--network", "host", "--user", "1000:1000", IMAGE, "sh", "-c", script]);
     assert!(ok, "docker create: {err}");
     made.0.push(id.clone());
     id
@@ -148,16 +148,79 @@ fn a_container_on_the_host_network_gets_its_own_self() {
     assert_eq!(get(port, "/latest/self/container/name").0, 404);
     assert_eq!(get(port, "/latest/self/host/uuid"), (200, "h1".to_string()));
 
-    // Once its container is removed from the state, the Docker id names nobody.
+    // And a host process in a cgroup named after the container, outside Docker's own directories
+    // (what a user could make under a subtree delegated to them).
+    let forged = ForgedCgroup::new(&web1);
+    let out = forged.run(&format!("busybox wget -qO- {url}/self/service/token 2>&1; echo"));
+    assert!(out.contains("404") && !out.contains("s3cr3t-token"), "a forged cgroup was answered: {out}");
+
+    // Once its container record is removed from the state, the Docker id names nobody, though a
+    // status still carries it.
     let web1_again = create(&script, &mut made);
-    rt.block_on(put_running(&store, "c1", &web1_again));
-    std::thread::sleep(Duration::from_millis(300));
-    rt.block_on(store.delete(&"container.c1".parse().unwrap())).unwrap();
+    rt.block_on(async {
+        put_running(&store, "c1", &web1_again).await;
+        store.delete(&"container.c1".parse().unwrap()).await.unwrap();
+    });
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(port, "/latest/containers/app-web-1").0 != 404 {
         assert!(Instant::now() < deadline, "the removal never reached the server");
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = run(&web1_again);
-    assert!(out.contains("/self/service/token=") && !out.contains("s3cr3t-token"), "{out}");
+    assert!(out.lines().any(|l| l == "/self/host/uuid=h1"), "{out}");
+    for line in out.lines().filter(|l| !l.starts_with("/self/host/")) {
+        assert!(line.contains("404"), "a removed container was answered {line:?}:\n{out}");
+    }
+}
+
+/// Cgroup v2 groups `<root>/corral-forged-<pid>/<id>` and `…/docker/<id>`, removed on drop.
+struct ForgedCgroup {
+    top: std::path::PathBuf,
+    leaves: Vec<std::path::PathBuf>,
+}
+
+impl ForgedCgroup {
+    fn new(docker_id: &str) -> ForgedCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = mountinfo
+            .lines()
+            .find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                let f: Vec<&str> = left.split(' ').collect();
+                (right.starts_with("cgroup2 ") && f[3] == "/").then(|| std::path::PathBuf::from(f[4]))
+            })
+            .expect("a cgroup v2 hierarchy (the feature under test needs one too)");
+        let top = root.join(format!("corral-forged-{}", std::process::id()));
+        let leaves = vec![top.join(docker_id), top.join("docker").join(docker_id)];
+        for l in &leaves {
+            std::fs::create_dir_all(l)
+                .unwrap_or_else(|e| panic!("making {}: {e} (the test runs as root)", l.display()));
+        }
+        ForgedCgroup { top, leaves }
+    }
+
+    /// Runs `script` on the host in each forged group in turn; what it printed.
+    fn run(&self, script: &str) -> String {
+        let mut out = String::new();
+        for l in &self.leaves {
+            let o = Command::new("sh")
+                .arg("-c")
+                .arg(format!("echo $$ > {}/cgroup.procs && {script}", l.display()))
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            out += &String::from_utf8_lossy(&o.stdout);
+        }
+        out
+    }
+}
+
+impl Drop for ForgedCgroup {
+    fn drop(&mut self) {
+        for l in &self.leaves {
+            let _ = std::fs::remove_dir(l);
+        }
+        let _ = std::fs::remove_dir(self.top.join("docker"));
+        let _ = std::fs::remove_dir(&self.top);
+    }
 }

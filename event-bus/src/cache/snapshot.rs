@@ -172,12 +172,16 @@ impl Snapshot {
     pub fn status(&self, container_uuid: &str) -> Option<&Arc<ContainerStatus>> {
         self.statuses.get(container_uuid)
     }
-    /// The container whose agent reports it running as Docker container `docker_id` (the status's
-    /// `external_id`, full length). A scan of the statuses: for the rare caller that can be known
-    /// only this way (a container on the host's network, see rancher-metadata).
-    pub fn container_by_docker_id(&self, docker_id: &str) -> Option<&Arc<Container>> {
-        let st =
-            self.statuses.values().find(|st| st.external_id.as_deref() == Some(docker_id) && st.state != "removed")?;
+    /// The container whose agent (on `host_uuid`, when given) reports it as Docker container
+    /// `docker_id` (the status's `external_id`, full length), unless removed. A scan of the
+    /// statuses: for the rare caller that can be known only this way (a container on the host's
+    /// network, see rancher-metadata).
+    pub fn container_by_docker_id(&self, docker_id: &str, host_uuid: Option<&str>) -> Option<&Arc<Container>> {
+        let st = self.statuses.values().find(|st| {
+            st.external_id.as_deref() == Some(docker_id)
+                && st.state != "removed"
+                && host_uuid.is_none_or(|h| st.host_uuid == h)
+        })?;
         self.containers.get(&st.uuid)
     }
     /// Health verdict of a container.
@@ -438,14 +442,16 @@ mod tests {
         assert_eq!(s.containers_on_host("h2").count(), 1);
 
         // By the Docker id its agent reports, while that container is not removed.
-        assert!(s.container_by_docker_id("d0c").is_none());
+        assert!(s.container_by_docker_id("d0c", None).is_none());
         let mut st = fixtures::status("c1", "h2", "running");
         st.external_id = Some("d0c".into());
         put(&mut s, Record::Status(st.clone()));
-        assert_eq!(s.container_by_docker_id("d0c").unwrap().uuid, "c1");
+        assert_eq!(s.container_by_docker_id("d0c", None).unwrap().uuid, "c1");
+        assert_eq!(s.container_by_docker_id("d0c", Some("h2")).unwrap().uuid, "c1");
+        assert!(s.container_by_docker_id("d0c", Some("h1")).is_none());
         st.state = "removed".into();
         put(&mut s, Record::Status(st));
-        assert!(s.container_by_docker_id("d0c").is_none());
+        assert!(s.container_by_docker_id("d0c", None).is_none());
 
         let before = s.clone();
         s.apply(&"container.c1".parse().unwrap(), None);
