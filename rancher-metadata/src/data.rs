@@ -265,8 +265,10 @@ impl Data {
                 let container = match who {
                     Caller::Ip(ip) => snap.container_by_ip(ip),
                     Caller::Docker(id) => {
+                        // Only a container this server's host runs (main turns the lookup off
+                        // without --host-uuid).
                         let here = self.lazy.as_ref().and_then(|l| l.ctx.local_host_uuid.as_deref());
-                        snap.container_by_docker_id(id, here)
+                        here.and_then(|h| snap.container_by_docker_id(id, Some(h)))
                     }
                 };
                 let entry = container.map(|c| Node::object(vec![("self".into(), tree::self_tree(snap, api, c))]));

@@ -10,11 +10,13 @@
 //! `system.slice/docker-<id>.scope` (systemd driver). The caller is the container whose directory
 //! that is.
 //!
-//! Why this cannot be faked by a caller: a socket is marked with its creator's cgroup by the
+//! Why a caller cannot choose the answer: a socket is marked with its creator's cgroup by the
 //! kernel, only root can put a process into a container's cgroup, and only these two exact
 //! directories of the host's hierarchy count (a group a user or a container made under its own
 //! subtree, whatever its name, is not one of them). A process in a sub-group of a container, or
-//! a socket a container's process was handed by a process outside it, is an unknown caller.
+//! a socket made outside any container and handed to a container's process, is an unknown
+//! caller. What remains (a container's socket handed out, or taken by a host user allowed to
+//! ptrace the container's process) is in the README.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
@@ -33,11 +35,18 @@ impl LocalCallers {
     pub fn detect() -> Result<LocalCallers, String> {
         let mountinfo =
             std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-        cgroup2_root(&mountinfo).map(|root| LocalCallers { root }).ok_or_else(|| {
-            "no cgroup v2 hierarchy of the host is mounted here (a container needs the host's \
-             cgroup namespace and /sys/fs/cgroup)"
+        let root = cgroup2_root(&mountinfo).ok_or_else(|| {
+            "no cgroup v2 hierarchy is mounted here (a container needs the host's cgroup namespace \
+             and /sys/fs/cgroup)"
                 .to_string()
-        })
+        })?;
+        // The hierarchy's real root has id (inode) 1; a private cgroup namespace shows its own
+        // group as `/`, and Docker's directories are not below it.
+        match std::fs::metadata(&root).map(|m| m.ino()) {
+            Ok(1) => Ok(LocalCallers { root }),
+            Ok(_) => Err(format!("{} is not the host's cgroup root (a private cgroup namespace?)", root.display())),
+            Err(e) => Err(format!("{}: {e}", root.display())),
+        }
     }
 
     /// The Docker id of the container in which the caller's end of the connection `server` ←
@@ -116,19 +125,25 @@ mod sock_diag {
             (IpAddr::V6(_), IpAddr::V6(_)) => libc::AF_INET6,
             _ => return None,
         };
-        let reply = ask(&request(family as u8, local, remote))?;
-        cgroup_in_reply(&reply)
+        let request = request(family as u8, local, remote);
+        let reply = ask(&request)?;
+        cgroup_in_reply(&reply, &request[SOCKET_ID_IN_REQUEST])
     }
 
-    /// Reads a reply: an error message (no such socket) has another type; a socket in another
-    /// state than established is not a caller.
-    pub(super) fn cgroup_in_reply(reply: &[u8]) -> Option<u64> {
+    /// Where the socket id (ports and addresses, 36 bytes) sits in a request and in a reply.
+    const SOCKET_ID_IN_REQUEST: std::ops::Range<usize> = 24..60;
+    const SOCKET_ID_IN_REPLY: std::ops::Range<usize> = 20..56;
+
+    /// Reads a reply: an error message (no such socket) has another type; the kernel's exact
+    /// lookup also falls back to a socket listening on the port asked for, so only an established
+    /// socket with exactly the ports and addresses asked for (`asked`) is the caller's end.
+    pub(super) fn cgroup_in_reply(reply: &[u8], asked: &[u8]) -> Option<u64> {
         let u16_at = |i: usize| reply.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
         let len = reply.get(0..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)?;
         if u16_at(4)? != SOCK_DIAG_BY_FAMILY || len > reply.len() || len < ATTRIBUTES_AT {
             return None;
         }
-        if reply[17] != TCP_ESTABLISHED {
+        if reply[17] != TCP_ESTABLISHED || reply[SOCKET_ID_IN_REPLY] != *asked {
             return None;
         }
         let mut at = ATTRIBUTES_AT;
@@ -275,13 +290,19 @@ mod tests {
         reply[88..90].copy_from_slice(&12u16.to_ne_bytes());
         reply[90..92].copy_from_slice(&21u16.to_ne_bytes());
         reply[92..100].copy_from_slice(&4242u64.to_ne_bytes());
-        assert_eq!(sock_diag::cgroup_in_reply(&reply), Some(4242));
+        let asked: Vec<u8> = (0..36).collect();
+        reply[20..56].copy_from_slice(&asked);
+        assert_eq!(sock_diag::cgroup_in_reply(&reply, &asked), Some(4242));
         let mut listening = reply.clone();
         listening[17] = 10;
-        assert_eq!(sock_diag::cgroup_in_reply(&listening), None);
+        assert_eq!(sock_diag::cgroup_in_reply(&listening, &asked), None);
+        // Established, but another socket than the one asked about (another peer address).
+        let mut other = reply.clone();
+        other[40] ^= 1;
+        assert_eq!(sock_diag::cgroup_in_reply(&other, &asked), None);
         let mut error = reply.clone();
         error[4..6].copy_from_slice(&2u16.to_ne_bytes());
-        assert_eq!(sock_diag::cgroup_in_reply(&error), None);
-        assert_eq!(sock_diag::cgroup_in_reply(&reply[..60]), None);
+        assert_eq!(sock_diag::cgroup_in_reply(&error, &asked), None);
+        assert_eq!(sock_diag::cgroup_in_reply(&reply[..60], &asked), None);
     }
 }

@@ -26,9 +26,9 @@ struct Args {
     xff: bool,
     /// Find callers on the host's network (whose address names no container) by the Docker
     /// container their socket was made in (the kernel's socket cgroup): they get their own `self`
-    /// instead of only `/self/host`. Needs the host's network and cgroup namespaces and its cgroup
-    /// v2 hierarchy (as a container: `network_mode: host`, `cgroup: host`); without them such
-    /// callers stay unknown, as in Rancher.
+    /// instead of only `/self/host`. Needs --host-uuid, the host's network and cgroup namespaces
+    /// and its cgroup v2 hierarchy (as a container: `network_mode: host`, `cgroup: host`); off
+    /// with --xff. Otherwise such callers stay unknown, as in Rancher.
     #[arg(long, env = "CORRAL_METADATA_HOST_NETWORK_SELF", default_value_t = true, action = clap::ArgAction::Set)]
     host_network_self: bool,
     /// The host this server answers for: `/self/host` of callers that are not known containers.
@@ -49,10 +49,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let _telemetry =
         telemetry::init("rancher-metadata", args.common.log_format, args.common.log.as_deref().unwrap_or("info"))?;
     let metrics = Metrics::new();
-    let local_callers = match (args.host_network_self, &args.answers) {
-        (true, None) => rancher_metadata::local_caller::LocalCallers::detect()
+    // Off with an answers file (callers are addresses there), with --xff (a proxy on the host's
+    // network would otherwise pass its own identity to everyone it forwards for) and without
+    // --host-uuid (the Docker id must be one this host's agent reports).
+    let local_callers = match (args.host_network_self, &args.answers, args.xff, &args.host_uuid) {
+        (true, None, false, Some(_)) => rancher_metadata::local_caller::LocalCallers::detect()
             .inspect_err(|why| tracing::warn!("callers on the host's network stay unknown callers: {why}"))
             .ok(),
+        (true, None, _, _) => {
+            tracing::info!("callers on the host's network stay unknown callers (needs --host-uuid, and no --xff)");
+            None
+        }
         _ => None,
     };
     let app = server::App::new(args.xff, local_callers, &metrics);

@@ -84,34 +84,23 @@ fn a_container_on_the_host_network_gets_its_own_self() {
         store.put(&web).await.unwrap();
         store
     });
-    let (port, admin) = (free_port(), free_port());
-    let _server = Terminate(
-        Command::new(env!("CARGO_BIN_EXE_rancher-metadata"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--host-uuid", "h1", "--log", "warn"])
-            .env("CORRAL_NATS_URL", nats.url())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz")).map(|r| r.status() != 200).unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "rancher-metadata never became ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // As deployed; with --xff (a proxy's own identity must not pass to those it forwards for);
+    // without --host-uuid (the Docker id must be one this host's agent reports).
+    let (_main, port) = start_server(&nats.url(), &["--host-uuid", "h1"]);
+    let (_xff, xff_port) = start_server(&nats.url(), &["--host-uuid", "h1", "--xff"]);
+    let (_hostless, hostless_port) = start_server(&nats.url(), &[]);
 
     let mut made = Containers(Vec::new());
     let url = format!("http://127.0.0.1:{port}/latest");
-    let ask = |path: &str| format!("echo \"{path}=$(wget -qO- {url}{path} 2>&1)\"");
-    let script = [
-        ask("/self/container/name"),
-        ask("/self/service/name"),
-        ask("/self/service/token"),
-        ask("/self/stack/name"),
-        ask("/self/host/uuid"),
-    ]
-    .join("; ");
+    let mut script = Vec::new();
+    for (label, p) in [("", port), ("xff:", xff_port), ("hostless:", hostless_port)] {
+        for path in
+            ["/self/container/name", "/self/service/name", "/self/service/token", "/self/stack/name", "/self/host/uuid"]
+        {
+            script.push(format!("echo \"{label}{path}=$(wget -qO- http://127.0.0.1:{p}/latest{path} 2>&1)\""));
+        }
+    }
+    let script = script.join("; ");
 
     // A container of app/web on the host's network, known to the state by its Docker id.
     let web1 = create(&script, &mut made);
@@ -131,8 +120,14 @@ fn a_container_on_the_host_network_gets_its_own_self() {
         "/self/service/token=s3cr3t-token",
         "/self/stack/name=app",
         "/self/host/uuid=h1",
+        "xff:/self/host/uuid=h1",
     ] {
         assert!(out.lines().any(|l| l == line), "expected {line:?} in what the container saw:\n{out}");
+    }
+    for line in
+        out.lines().filter(|l| l.starts_with("hostless:") || (l.starts_with("xff:") && !l.contains("/self/host/")))
+    {
+        assert!(line.contains("404"), "with --xff or without --host-uuid, {line:?}:\n{out}");
     }
 
     // A container on the host's network that Corral does not run is an unknown caller, as in
@@ -140,7 +135,7 @@ fn a_container_on_the_host_network_gets_its_own_self() {
     let stranger = create(&script, &mut made);
     let out = run(&stranger);
     assert!(out.lines().any(|l| l == "/self/host/uuid=h1"), "{out}");
-    for line in out.lines().filter(|l| !l.starts_with("/self/host/")) {
+    for line in out.lines().filter(|l| !l.starts_with("/self/host/") && !l.starts_with("xff:/self/host/")) {
         assert!(line.contains("404"), "an unknown container was answered {line:?}:\n{out}");
     }
 
@@ -168,9 +163,31 @@ fn a_container_on_the_host_network_gets_its_own_self() {
     }
     let out = run(&web1_again);
     assert!(out.lines().any(|l| l == "/self/host/uuid=h1"), "{out}");
-    for line in out.lines().filter(|l| !l.starts_with("/self/host/")) {
+    for line in out.lines().filter(|l| !l.starts_with("/self/host/") && !l.starts_with("xff:/self/host/")) {
         assert!(line.contains("404"), "a removed container was answered {line:?}:\n{out}");
     }
+}
+
+/// The binary on a free port, as an operator runs it, once ready; (process, port).
+fn start_server(nats_url: &str, args: &[&str]) -> (Terminate, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let server = Terminate(
+        Command::new(env!("CARGO_BIN_EXE_rancher-metadata"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--log", "warn"])
+            .args(args)
+            .env("CORRAL_NATS_URL", nats_url)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::blocking::get(format!("http://127.0.0.1:{admin}/readyz")).map(|r| r.status() != 200).unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "rancher-metadata never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, port)
 }
 
 /// Cgroup v2 groups `<root>/corral-forged-<pid>/<id>` and `…/docker/<id>`, removed on drop.
