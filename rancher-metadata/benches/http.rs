@@ -182,6 +182,13 @@ fn waiters(port: u16, target: &str, keep_alive: bool) -> (Vec<Instant>, u64) {
     })
 }
 
+/// nginx in the foreground with configuration `conf`, written to `dir`/nginx.conf.
+fn nginx(dir: &std::path::Path, conf: &str) -> Terminate {
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    Terminate(Command::new("nginx").args(["-c", path.to_str().unwrap(), "-p", dir.to_str().unwrap()]).spawn().unwrap())
+}
+
 /// Answer delays of all rounds of one server, from the write (or publish) to each answer.
 #[derive(Default)]
 struct Rounds(Vec<Duration>);
@@ -224,10 +231,9 @@ impl Nchan {
         );
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
+        let process = nginx(
+            dir.path(),
+            &format!(
                 "load_module {NCHAN_MODULE};\n\
                  daemon off; worker_processes 2; worker_rlimit_nofile 20000; pid {d}/nginx.pid; error_log {d}/error.log;\n\
                  events {{ worker_connections 15000; }}\n\
@@ -239,13 +245,6 @@ impl Nchan {
                  location = /status {{ nchan_stub_status; }} }} }}\n",
                 d = dir.path().display()
             ),
-        )
-        .unwrap();
-        let process = Terminate(
-            Command::new("nginx")
-                .args(["-c", conf.to_str().unwrap(), "-p", dir.path().to_str().unwrap()])
-                .spawn()
-                .unwrap(),
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -457,10 +456,9 @@ fn main() {
             }
         }
         let nginx_port = free_port();
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
+        let _nginx = nginx(
+            dir.path(),
+            &format!(
                 "daemon off; worker_processes 2; pid {d}/nginx.pid; error_log {d}/error.log;\n\
                  events {{ worker_connections 1024; }}\n\
                  http {{ access_log off; default_type text/plain; client_body_temp_path {d}; proxy_temp_path {d};\n\
@@ -468,13 +466,6 @@ fn main() {
                  server {{ listen 127.0.0.1:{nginx_port}; root {d}; }} }}\n",
                 d = dir.path().display()
             ),
-        )
-        .unwrap();
-        let _nginx = Terminate(
-            Command::new("nginx")
-                .args(["-c", conf.to_str().unwrap(), "-p", dir.path().to_str().unwrap()])
-                .spawn()
-                .unwrap(),
         );
         std::thread::sleep(Duration::from_millis(500));
 
