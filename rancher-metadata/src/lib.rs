@@ -7,7 +7,7 @@
 //! - [`data`]: one generation of answers (from the state cache or an answers file);
 //! - [`source`]: keeping the answers current;
 //! - [`server`]: HTTP routing, canonical paths, caller identity, long-poll;
-//! - [`local_caller`]: which container a caller on the host's network is (through `/proc`).
+//! - [`local_caller`]: which container a caller on the host's network is (its socket's cgroup).
 
 pub mod data;
 pub mod local_caller;

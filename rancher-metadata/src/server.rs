@@ -213,8 +213,8 @@ fn parse_query(q: Option<&str>) -> Query {
     out
 }
 
-/// One client connection: its addresses, and the Docker container of the process at the other
-/// end, looked up at most once (and only if a request needs it).
+/// One client connection: its addresses, and the Docker container the caller's socket was made
+/// in, looked up at most once (and only if a request needs it).
 struct Conn {
     peer: SocketAddr,
     /// The server's end; unknown on the in-process router (no lookup there).
@@ -306,8 +306,8 @@ async fn answer(app: &App, conn: &Conn, req: Request) -> Response {
     // points into) is freed now, not by each of thousands of waiters when a change releases them.
     drop(req);
     // A caller whose address names no container may be one on the host's network: find it by
-    // its process's container, when the answer can depend on who asks (the version's root or
-    // `self`) and the address is the connection's own (not a forwarded one).
+    // the container its socket was made in, when the answer can depend on who asks (the
+    // version's root or `self`) and the address is the connection's own (not a forwarded one).
     let about_self = rest.first().is_none_or(|f| f.eq_ignore_ascii_case("self"));
     let look_up = about_self && !forwarded && app.local_callers.is_some() && app.data().ip_is_unknown(&ip);
     let who = match if look_up { conn.docker_id(app).await } else { None } {
