@@ -49,6 +49,11 @@ impl LocalCallers {
         }
     }
 
+    /// Where the host's cgroup v2 hierarchy is mounted.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The Docker id of the container in which the caller's end of the connection `server` ←
     /// `peer` was made, when that end is in this network namespace.
     pub fn docker_id(&self, server: SocketAddr, peer: SocketAddr) -> Option<String> {

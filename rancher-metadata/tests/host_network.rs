@@ -198,15 +198,9 @@ struct ForgedCgroup {
 
 impl ForgedCgroup {
     fn new(docker_id: &str) -> ForgedCgroup {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = mountinfo
-            .lines()
-            .find_map(|l| {
-                let (left, right) = l.split_once(" - ")?;
-                let f: Vec<&str> = left.split(' ').collect();
-                (right.starts_with("cgroup2 ") && f[3] == "/").then(|| std::path::PathBuf::from(f[4]))
-            })
-            .expect("a cgroup v2 hierarchy (the feature under test needs one too)");
+        let callers = rancher_metadata::local_caller::LocalCallers::detect()
+            .unwrap_or_else(|why| panic!("the feature under test needs the host's cgroup v2 hierarchy: {why}"));
+        let root = callers.root();
         let top = root.join(format!("corral-forged-{}", std::process::id()));
         let leaves = vec![top.join(docker_id), top.join("docker").join(docker_id)];
         for l in &leaves {
